@@ -1,0 +1,35 @@
+# Quick start: `make demo` and `make test` create .venv when missing and install what they need.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_IMAGE := examples/sortofclevr.png
+
+.PHONY: demo test bench soak install install-dev clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Stamps re-run pip only when pyproject.toml changes.
+$(VENV)/.runtime: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
+	touch $@ $(VENV)/.runtime
+
+install: $(VENV)/.runtime
+install-dev: $(VENV)/.dev
+
+demo: $(VENV)/.runtime
+	$(BIN)/python -m reasoning.query $(DEMO_IMAGE)
+
+# pytest exits 5 when it collects no tests; that is a failure here, not a pass.
+test: $(VENV)/.dev
+	@$(BIN)/python -m pytest; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; \
+	exit $$status
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,39 @@
+"""Command line: `python -m export RUN_DIR --out models/NAME.onnx` exports and verifies a run."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m export",
+        description="Export a training run to a self-describing ONNX model and verify it against PyTorch.",
+    )
+    parser.add_argument("run_dir", help="directory written by 'python -m training'")
+    parser.add_argument("--out", required=True, help="path of the .onnx file to write")
+    parser.add_argument("--top-k", type=int, default=3, help="candidates per group in the outputs, 0 for none (default: 3)")
+    parser.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime against PyTorch check (not for shipped models)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.top_k < 0:
+        print(f"error: --top-k must be 0 or more, got {args.top_k}", file=sys.stderr)
+        return 2
+    try:
+        from .onnx_export import ExportError, export_run
+    except ImportError as error:
+        print(f"error: export needs the 'train' extra ({error}); install with: pip install -e '.[train]'", file=sys.stderr)
+        return 2
+    try:
+        table = export_run(args.run_dir, args.out, top_k=args.top_k, verify=not args.no_verify)
+    except (ExportError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"exported {args.out}: world {table.world}, {len(table.groups)} groups, verified={not args.no_verify}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,330 @@
+"""Solve user ASP programs over image facts in worker processes with time and memory limits.
+
+Grounding cannot be interrupted inside a process, so every job runs in a separate
+worker process. A worker that exceeds the wall-clock or memory limit is killed and
+replaced, and workers are replaced after `jobs_per_worker` jobs because clingo's symbol
+table only grows. `ReasoningPool` is thread-safe: concurrent callers share its workers.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import clingo
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import LimitExceeded, ProgramError, ReasoningError
+from .facts import render_facts
+from .program import check_program
+from .solver import Job, Outcome
+from .worker import serve
+
+__all__ = [
+    "RULES_DIR",
+    "LIBRARY",
+    "ALTERNATIVES_RULES",
+    "Limits",
+    "Answer",
+    "ReasoningPool",
+    "default_pool",
+    "solve",
+]
+
+log = logging.getLogger(__name__)
+
+RULES_DIR = Path(__file__).resolve().parent / "rules"
+# Rule files loaded with every user program unless the caller passes another library.
+LIBRARY: tuple[Path, ...] = (RULES_DIR / "spatial.lp", RULES_DIR / "attributes.lp")
+# Choice rules over candidate values, loaded when facts carry alternatives.
+ALTERNATIVES_RULES = RULES_DIR / "alternatives.lp"
+
+# Time a new worker may take to import clingo and report ready; not part of any job's limit.
+STARTUP_SECONDS = 60.0
+
+
+class Limits(BaseModel):
+    """Resource limits for one reasoning job, plus the worker recycling period."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    wall_seconds: float = Field(10.0, gt=0, description="wall-clock time for grounding and solving one job")
+    memory_mib: int = Field(
+        1024, ge=16, description="address space a job may add to its worker's own, in MiB (RLIMIT_AS)"
+    )
+    program_bytes: int = Field(65_536, ge=1, description="size of the user program in UTF-8 bytes")
+    max_models: int = Field(100, ge=1, description="answer sets returned per job")
+    max_atoms: int = Field(10_000, ge=1, description="atoms returned per answer set or consequence")
+    jobs_per_worker: int = Field(200, ge=1, description="jobs a worker runs before it is replaced")
+
+
+class Answer(BaseModel):
+    """The result of one job. Atoms are in clingo syntax, sorted by clingo's symbol order."""
+
+    satisfiable: bool | None
+    models: list[list[str]] = Field(default_factory=list, description="answer sets found, up to the requested number")
+    certain: list[str] | None = Field(None, description="cautious consequences: true in every answer set")
+    possible: list[str] | None = Field(None, description="brave consequences: true in some answer set")
+    exhausted: bool = Field(False, description="the search finished, so no answer set is missing from `models`")
+    warnings: list[str] = Field(default_factory=list)
+    seconds: float = Field(0.0, description="wall-clock time of the job, worker round trip included")
+
+
+class _Worker:
+    """One worker process and the parent's end of its pipe."""
+
+    def __init__(self, context: multiprocessing.context.BaseContext) -> None:
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=serve, args=(child,), name="reasoning-worker", daemon=True)
+        self.process.start()
+        child.close()
+        self.jobs = 0
+        self.ready = False
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def wait_ready(self) -> None:
+        if self.ready:
+            return
+        if not self.connection.poll(STARTUP_SECONDS):
+            raise ReasoningError(f"reasoning worker did not start within {STARTUP_SECONDS:.0f} s")
+        try:
+            self.connection.recv()
+        except EOFError:
+            raise ReasoningError(
+                f"reasoning worker exited during start-up with exit code {self.process.exitcode}"
+            ) from None
+        self.ready = True
+
+    def stop(self) -> None:
+        """Ask the worker to exit, and kill it if it does not within a second."""
+        try:
+            self.connection.send(None)
+        except (BrokenPipeError, OSError):
+            pass
+        self.process.join(1.0)
+        if self.process.is_alive():
+            self.kill()
+        self.connection.close()
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.join()
+        self.connection.close()
+
+
+class ReasoningPool:
+    """Worker processes that solve user programs under `Limits`.
+
+    Parameters
+    ----------
+    limits
+        Default limits of each job; `solve` may pass others per call, except that
+        `jobs_per_worker` always comes from the pool's limits.
+    workers
+        Number of worker processes, and so of jobs that run at the same time. Further
+        callers wait for a free worker.
+    start_method
+        multiprocessing start method, "forkserver" (default where available) or "spawn".
+    """
+
+    def __init__(self, limits: Limits | None = None, *, workers: int = 1, start_method: str | None = None) -> None:
+        if workers < 1:
+            raise ValueError(f"invalid workers {workers}: at least 1 is needed")
+        if start_method is None:
+            methods = multiprocessing.get_all_start_methods()
+            start_method = "forkserver" if "forkserver" in methods else "spawn"
+        if start_method not in ("forkserver", "spawn"):
+            raise ValueError(f"invalid start_method {start_method!r}: use 'forkserver' or 'spawn'")
+        self.limits = limits or Limits()
+        self._context = multiprocessing.get_context(start_method)
+        if start_method == "forkserver":
+            # Workers fork from a server process that has imported clingo once, which starts
+            # a replacement faster than a fresh interpreter. As with any spawn or forkserver
+            # child, the caller's main module is imported too and needs a __main__ guard.
+            self._context.set_forkserver_preload(["__main__", "reasoning.worker"])
+        self._idle: queue.Queue[_Worker] = queue.Queue()
+        self._workers: set[_Worker] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        for _ in range(workers):
+            self._idle.put(self._start_worker())
+
+    def __enter__(self) -> ReasoningPool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _start_worker(self) -> _Worker:
+        worker = _Worker(self._context)
+        with self._lock:
+            self._workers.add(worker)
+        return worker
+
+    def _retire(self, worker: _Worker, *, kill: bool) -> None:
+        with self._lock:
+            self._workers.discard(worker)
+        if kill:
+            worker.kill()
+        else:
+            worker.stop()
+
+    def _release(self, worker: _Worker, *, replace: bool, kill: bool = False) -> None:
+        """Return a worker to the idle queue, or retire it and queue a fresh one."""
+        if replace or self._closed:
+            self._retire(worker, kill=kill)
+            if not self._closed:
+                self._idle.put(self._start_worker())
+        else:
+            self._idle.put(worker)
+
+    def worker_pids(self) -> list[int]:
+        """Return the process ids of the current workers."""
+        with self._lock:
+            return sorted(w.pid for w in self._workers if w.pid is not None)
+
+    def close(self) -> None:
+        """Stop every worker; jobs still running finish first and their workers stop after."""
+        self._closed = True
+        while True:
+            try:
+                worker = self._idle.get_nowait()
+            except queue.Empty:
+                break
+            self._retire(worker, kill=False)
+
+    def solve(
+        self,
+        facts: Sequence[clingo.Symbol],
+        program: str = "",
+        show: Sequence[tuple[str, int]] | None = None,
+        *,
+        library: Sequence[str | Path] = LIBRARY,
+        models: int = 1,
+        consequences: bool = False,
+        limits: Limits | None = None,
+    ) -> Answer:
+        """Solve `program` with the rule `library` over `facts` in a worker process.
+
+        `show` lists the name/arity of the atoms to report. Without it, a program with its own
+        #show statements reports what clingo shows, and any other program reports the atoms
+        of the predicates its rule heads define. `models` is the number of answer sets to
+        report (0 for up to `max_models`). With `consequences`, the answer holds the cautious
+        (`certain`) and brave (`possible`) consequences instead.
+
+        Raises ProgramError for a rejected or ungroundable program, LimitExceeded when a
+        limit is reached (the error names the `Limits` field), and ReasoningError when a
+        worker fails in another way.
+        """
+        limits = limits or self.limits
+        if self._closed:
+            raise ReasoningError("reasoning pool is closed")
+        # Checking here returns syntax and safety errors without a worker round trip;
+        # the worker checks the same text again before it runs it.
+        check_program(program, max_bytes=limits.program_bytes)
+        job = Job(
+            facts=render_facts(facts),
+            program=program,
+            library=tuple(str(path) for path in library),
+            show=None if show is None else tuple((str(name), int(arity)) for name, arity in show),
+            models=models,
+            consequences=consequences,
+            max_models=limits.max_models,
+            max_atoms=limits.max_atoms,
+            program_bytes=limits.program_bytes,
+            memory_bytes=limits.memory_mib * 2**20,
+        )
+
+        worker = self._idle.get()
+        try:
+            worker.wait_ready()
+        except ReasoningError:
+            self._release(worker, replace=True, kill=True)
+            raise
+
+        started = time.perf_counter()
+        try:
+            worker.connection.send(job)
+            finished = worker.connection.poll(limits.wall_seconds)
+            reply = worker.connection.recv() if finished else None
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            worker.process.join(1.0)
+            code = worker.process.exitcode
+            log.error("reasoning worker %s exited during a job with exit code %s", worker.pid, code)
+            self._release(worker, replace=True, kill=True)
+            raise ReasoningError(
+                f"reasoning worker exited unexpectedly (exit code {code}); the memory limit is"
+                f" {limits.memory_mib} MiB (memory_mib) and the worker was replaced"
+            ) from None
+        seconds = time.perf_counter() - started
+
+        if reply is None:
+            log.warning(
+                "reasoning worker %s exceeded the wall-clock limit of %s s; killing it", worker.pid, limits.wall_seconds
+            )
+            self._release(worker, replace=True, kill=True)
+            raise LimitExceeded(
+                f"wall-clock limit of {limits.wall_seconds:g} s (wall_seconds) exceeded while grounding or solving;"
+                " the worker was replaced. Simplify the program or raise the limit",
+                limit="wall_seconds",
+            )
+
+        worker.jobs += 1
+        memory_breach = reply[0] == "limit" and reply[1] == "memory_mib"
+        self._release(worker, replace=memory_breach or worker.jobs >= self.limits.jobs_per_worker)
+        return self._answer(reply, seconds)
+
+    @staticmethod
+    def _answer(reply: tuple, seconds: float) -> Answer:
+        kind = reply[0]
+        if kind == "ok":
+            outcome: Outcome = reply[1]
+            return Answer(
+                satisfiable=outcome.satisfiable,
+                models=outcome.models,
+                certain=outcome.certain,
+                possible=outcome.possible,
+                exhausted=outcome.exhausted,
+                warnings=outcome.warnings,
+                seconds=seconds,
+            )
+        if kind == "program":
+            raise ProgramError(reply[1], line=reply[2], column=reply[3])
+        if kind == "limit":
+            raise LimitExceeded(reply[2], limit=reply[1])
+        raise ReasoningError(reply[1])
+
+
+_default_pool: ReasoningPool | None = None
+_default_lock = threading.Lock()
+
+
+def default_pool() -> ReasoningPool:
+    """Return the process-wide pool with default limits, starting it on first use."""
+    global _default_pool
+    with _default_lock:
+        if _default_pool is None:
+            _default_pool = ReasoningPool()
+            atexit.register(_default_pool.close)
+        return _default_pool
+
+
+def solve(
+    facts: Sequence[clingo.Symbol],
+    program: str = "",
+    show: Sequence[tuple[str, int]] | None = None,
+    *,
+    limits: Limits | None = None,
+    **options,
+) -> Answer:
+    """Solve with the process-wide pool; see `ReasoningPool.solve` for the arguments."""
+    return default_pool().solve(facts, program, show, limits=limits, **options)
