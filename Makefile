@@ -23,7 +23,9 @@ install: $(VENV)/.runtime
 install-dev: $(VENV)/.dev
 
 demo: $(VENV)/.runtime
-	$(BIN)/python -m reasoning.query $(DEMO_IMAGE)
+	$(BIN)/python -m reasoning.query $(DEMO_IMAGE) \
+	    --query "nearest_to_red(O, S) :- closest(red, O), shape(O, S)." \
+	    --query "left_of_blue(O) :- left_of(O, blue)."
 
 # pytest exits 5 when it collects no tests; that is a failure here, not a pass.
 test: $(VENV)/.dev

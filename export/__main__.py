@@ -15,6 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", help="directory written by 'python -m training'")
     parser.add_argument("--out", required=True, help="path of the .onnx file to write")
     parser.add_argument("--top-k", type=int, default=3, help="candidates per group in the outputs, 0 for none (default: 3)")
+    parser.add_argument("--card", metavar="COMMAND", help="also write NAME.md beside the model, stating COMMAND as the training command")
+    parser.add_argument("--card-limits", default="", help="text of the card's Limits section")
     parser.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime against PyTorch check (not for shipped models)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -31,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ExportError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    if args.card:
+        from .card import write_card
+
+        print(f"wrote {write_card(args.run_dir, args.out, args.card, args.card_limits)}")
     print(f"exported {args.out}: world {table.world}, {len(table.groups)} groups, verified={not args.no_verify}")
     return 0
 

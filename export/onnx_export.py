@@ -58,7 +58,8 @@ class GraphWrapper(nn.Module):
         norm = self.net.norm
         if isinstance(norm, nn.BatchNorm1d):
             # Eval-mode BatchNorm written out, because the exporter needs a static unit count.
-            flat = (flat - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps)
+            normalised = (flat - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps)
+            flat = torch.where(self.net.normalised, normalised, flat)
         # Non-finite logits (NaN, inf) become finite before the argmax, so a winner is always a real unit.
         flat = torch.where(torch.isnan(flat), torch.full_like(flat, -FLOAT_MAX), flat)
         flat = torch.clamp(flat, -FLOAT_MAX, FLOAT_MAX)

@@ -9,19 +9,6 @@ import pytest
 pytest.importorskip("torch")
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny_run")
-    result = subprocess.run(
-        [sys.executable, "-m", "training", "--world", "tiny", "--out", str(out), "--seed", "0", "--no-progress"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr
-    return out, json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def test_tiny_world_decodes_exactly(tiny_run):
     out, summary = tiny_run
     metrics = json.loads((out / "metrics.json").read_text())

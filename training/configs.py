@@ -14,7 +14,7 @@ _DEFAULTS: dict[str, TrainConfig] = {
     "sprites": TrainConfig(world="sprites", steps=4000, pool_size=30000),
     "sortofclevr": TrainConfig(
         world="sortofclevr",
-        steps=4000,
+        steps=3000,
         pool_size=30000,
         temperature_start=0.3,  # 65-unit groups need a sharper start than 1.0 to carry signal
         temperature_end=0.02,

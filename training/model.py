@@ -36,7 +36,7 @@ class ModelConfig:
     head: Literal["axial", "dense"] = "axial"  # dense: one linear map from all summaries to all logits
     bottleneck: Literal["wta", "dense"] = "wta"  # dense: the baseline, logits go straight to the readout
     group_scale: int = 1  # units per group = scale x number of values (1 is the theorem's setting)
-    position_kernel: int = 11  # 1-D kernel of position groups, about one object wide
+    position_kernel: int = 17  # 1-D kernel of position groups: wider than an object plus a pixel each side
     # batch: BatchNorm (no affine) per unit, which keeps every unit winning sometimes;
     # group: standardise each group's logits per image; none: raw logits.
     normalise_logits: Literal["batch", "group", "none"] = "batch"
@@ -175,13 +175,24 @@ class WTANet(nn.Module):
             self.attend = nn.ParameterDict()
             self.kernels = nn.ParameterDict()
             self.kernel_bias = nn.ParameterDict()
+            self.position_scale = nn.ParameterDict()
             for axis, members in self.axis_groups.items():
                 if members:
                     self.attend[axis] = nn.Parameter(torch.randn(len(members), c) * 0.5)
-                    # A box filter about one object wide peaks exactly at the object's centre, a
-                    # good start for naming positions to the pixel; training reshapes it.
-                    self.kernels[axis] = nn.Parameter(torch.ones(len(members), 1, k) + 0.1 * torch.randn(len(members), 1, k))
+                    # A parabola w(j) = 1 - (2j / k)^2 gives a response r(c) = const - curvature *
+                    # sum_x (x - c)^2 p(x) for a profile p inside the window, which peaks at the
+                    # profile's centroid: the integer centre of a symmetric object, with no plateau
+                    # (a box filter has one when the object is wider than the box). Training may
+                    # reshape it.
+                    offsets = torch.arange(k, dtype=torch.float32) - (k - 1) / 2
+                    parabola = 1.0 - (2.0 * offsets / k) ** 2
+                    self.kernels[axis] = nn.Parameter(parabola.repeat(len(members), 1, 1))
                     self.kernel_bias[axis] = nn.Parameter(torch.zeros(len(members)))
+                    # Position logits are compared across units of one group, so they get one
+                    # learnt scale per group instead of a per-unit BatchNorm, which would shift
+                    # the argmax by per-unit statistics. exp(4) ~ 55 makes neighbouring pixels
+                    # differ by about one logit for an object of about 100 px.
+                    self.position_scale[axis] = nn.Parameter(torch.full((len(members),), 4.0))
             if self.keyed:
                 width = max(groups[i].size for i in self.keyed)
                 hidden = config.keyed_hidden
@@ -196,6 +207,17 @@ class WTANet(nn.Module):
 
         units = sum(self.sizes)
         self.norm = nn.BatchNorm1d(units, affine=False) if config.normalise_logits == "batch" else nn.Identity()
+        # Units whose logits the norm applies to: all of them, except position units of the
+        # axial head under WTA, which carry their own scale. The dense baseline normalises all,
+        # so its readout sees inputs of one scale.
+        normalised = torch.ones(units, dtype=torch.bool)
+        if config.head == "axial" and config.bottleneck == "wta":
+            start = 0
+            for group in groups:
+                if group.axis is not None:
+                    normalised[start : start + group.size] = False
+                start += group.size
+        self.register_buffer("normalised", normalised, persistent=False)
         self.readout = nn.Linear(units, config.tasks)
         _, mask = pad_groups(torch.zeros(1, units), self.sizes)
         self.register_buffer("mask", mask, persistent=False)
@@ -262,6 +284,7 @@ class WTANet(nn.Module):
             mixed = torch.einsum("gc,bcw->bgw", torch.softmax(self.attend[axis], dim=1), profile)
             k = self.config.position_kernel
             response = F.conv1d(mixed, self.kernels[axis], self.kernel_bias[axis], padding=k // 2, groups=len(members))
+            response = response * torch.exp(self.position_scale[axis])[None, :, None]
             for j, i in enumerate(members):
                 start, count, width = _bin_layout(self.groups[i])
                 window = response[:, j, start : start + count * width]
@@ -281,7 +304,8 @@ class WTANet(nn.Module):
         return total
 
     def forward(self, images: torch.Tensor, mode: WTAMode = "hard", temperature: float = 1.0) -> NetOutput:
-        flat = self.norm(self.unit_logits(images))  # [B, units]
+        raw = self.unit_logits(images)  # [B, units]
+        flat = torch.where(self.normalised, self.norm(raw), raw)
         padded, _ = pad_groups(flat, self.sizes)  # [B, G, S]
         if self.config.normalise_logits == "group":
             padded = _standardise_groups(padded, self.mask)

@@ -256,6 +256,10 @@ def train_network(
                 "seconds": time.perf_counter() - started,
             }
             curves.append(point)
+            log.info(
+                "%s step %d: loss %.4f, hard task accuracy %.4f, soft %.4f",
+                bottleneck, step, run.running, point["hard_task_accuracy"], point["soft_task_accuracy"],
+            )
             if bar is not None:
                 bar.set_postfix(loss=f"{run.running:.3f}", hard=f"{point['hard_task_accuracy']:.3f}")
         if bar is not None:

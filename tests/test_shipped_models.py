@@ -1,0 +1,48 @@
+"""Every shipped model loads with ONNX Runtime alone and decodes fresh images of its world.
+
+Each model card `models/NAME.md` states the minimum per-factor decode accuracy that this
+test enforces, on a line `Minimum decode accuracy per factor: 0.NN`.
+"""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.inference import Extractor
+from training.worlds import make_world
+
+MODELS = sorted((Path(__file__).resolve().parent.parent / "models").glob("*.onnx"))
+THRESHOLD = re.compile(r"^Minimum decode accuracy per factor: (0\.\d+|1\.0+)\s*$", re.MULTILINE)
+
+
+def test_models_are_shipped():
+    assert {path.stem for path in MODELS} >= {"sortofclevr", "sprites"}
+
+
+@pytest.mark.parametrize("path", MODELS, ids=[path.stem for path in MODELS])
+def test_shipped_model_meets_its_card(path):
+    card = path.with_suffix(".md")
+    assert card.is_file(), f"{path.name} has no model card {card.name}"
+    match = THRESHOLD.search(card.read_text())
+    assert match, f"{card.name} states no 'Minimum decode accuracy per factor' line"
+    threshold = float(match.group(1))
+    assert path.stat().st_size < 8_000_000, "shipped models stay small"
+
+    extractor = Extractor.load(path, provider="cpu")
+    table = extractor.symbol_table
+    world = make_world(table.world)
+    images, labels = world.sample(1000, np.random.default_rng(20261204))
+    outputs = extractor.run(images)
+    for g, group in enumerate(table.groups):
+        if group.factor is None:
+            continue
+        f = [factor.name for factor in world.factors].index(group.factor)
+        values = np.array([u.value if u.value is not None else "" for u in group.units], dtype=object)
+        decoded = values[outputs["winners"][:, g]]
+        truth = np.array(world.factors[f].values, dtype=object)[labels[:, f]]
+        accuracy = float((decoded == truth).mean())
+        assert accuracy >= threshold, f"{path.name}: factor {group.factor} decodes {accuracy:.4f} < {threshold}"
+    named = {group.factor for group in table.groups if group.factor is not None}
+    assert named == {factor.name for factor in world.factors}, "every factor is named by some group"
