@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_IMAGE := examples/sortofclevr.png
 
-.PHONY: demo test bench soak install install-dev clean
+.PHONY: demo test bench install install-dev proto proto-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,18 @@ test: $(VENV)/.dev
 	@$(BIN)/python -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$status
+
+# Relational benchmark on the public Sort-of-CLEVR dev images: rules alone, then the whole pipeline.
+DEV_SET := ../shared/benchmarks/sortofclevr-dev
+bench: $(VENV)/.runtime
+	$(BIN)/python -m reasoning.benchmark sortofclevr $(DEV_SET) --facts ground-truth --min-accuracy 1.0
+	$(BIN)/python -m reasoning.benchmark sortofclevr $(DEV_SET) --min-accuracy 0.99
+
+proto: $(VENV)/.dev
+	$(BIN)/python -m service.protogen
+
+proto-check: $(VENV)/.dev
+	$(BIN)/python -m service.protogen --check
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
