@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--group-scale", type=int, default=None, help="units per categorical group = scale x values (default: 1)")
     parser.add_argument("--head", choices=["axial", "dense"], default=None, help="how groups read the encoder (default: axial)")
     parser.add_argument("--normalise-logits", choices=["batch", "group", "none"], default=None, help="pre-WTA normalisation (default: batch)")
+    parser.add_argument("--overlap-weight", type=float, default=None, help="weight of the channel-mixture overlap penalty (default: per world)")
+    parser.add_argument("--kernel-init", choices=["parabola", "box"], default=None, help="starting shape of position kernels (default: parabola)")
+    parser.add_argument("--no-spread-attention", action="store_true", help="start all groups on random channel mixtures (ablation)")
+    parser.add_argument("--colour-centres", type=int, default=None, help="RGB tuning-curve units per pixel, 0 for none (default: 16)")
+    parser.add_argument("--restarts", type=int, default=None, help="networks to start; the best by task accuracy continues (default: per world)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the dense-bottleneck baseline")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
@@ -61,12 +66,21 @@ def main(argv: list[str] | None = None) -> int:
         "pool_size": args.pool_size,
         "calibration_size": args.calibration_size,
         "test_size": args.test_size,
+        "restarts": args.restarts,
         "wta_mode": args.wta_mode,
         "temperature_start": args.temperature_start,
         "temperature_end": args.temperature_end,
     }
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    model_overrides = {"group_scale": args.group_scale, "head": args.head, "normalise_logits": args.normalise_logits}
+    model_overrides = {
+        "group_scale": args.group_scale,
+        "head": args.head,
+        "normalise_logits": args.normalise_logits,
+        "overlap_weight": args.overlap_weight,
+        "kernel_init": args.kernel_init,
+        "colour_centres": args.colour_centres,
+        "spread_attention": False if args.no_spread_attention else None,
+    }
     config = replace(config, model=replace(config.model, **{k: v for k, v in model_overrides.items() if v is not None}))
     if args.no_baseline:
         config = replace(config, baseline=False)

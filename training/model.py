@@ -45,6 +45,8 @@ class ModelConfig:
     # groups from settling on the same object, the local minimum that otherwise strands groups.
     overlap_weight: float = 1.0
     keyed_hidden: int = 16  # hidden width of the small per-group MLP of keyed categorical groups
+    kernel_init: Literal["parabola", "box"] = "parabola"  # starting shape of position kernels
+    spread_attention: bool = True  # start groups of one kind on different colour channels
     tasks: int = 256
 
 
@@ -186,7 +188,8 @@ class WTANet(nn.Module):
                     # reshape it.
                     offsets = torch.arange(k, dtype=torch.float32) - (k - 1) / 2
                     parabola = 1.0 - (2.0 * offsets / k) ** 2
-                    self.kernels[axis] = nn.Parameter(parabola.repeat(len(members), 1, 1))
+                    start = parabola if config.kernel_init == "parabola" else (offsets.abs() <= 5).float()
+                    self.kernels[axis] = nn.Parameter(start.repeat(len(members), 1, 1))
                     self.kernel_bias[axis] = nn.Parameter(torch.zeros(len(members)))
                     # Position logits are compared across units of one group, so they get one
                     # learnt scale per group instead of a per-unit BatchNorm, which would shift
@@ -231,7 +234,7 @@ class WTANet(nn.Module):
         basis = self.pixel[0]
         assert isinstance(basis, ColourBasis)
         basis.initialise(pixels[chosen].float() / 127.5 - 1.0)
-        if self.config.head == "axial" and not self.config.pixel_channels:
+        if self.config.head == "axial" and not self.config.pixel_channels and self.config.spread_attention:
             # Centres come in farthest-point order from the background, so channels 1, 2, ...
             # are the most distinct colours. Starting group j on channel j + 1 breaks the
             # symmetry between groups; training and the overlap penalty do the rest.
