@@ -17,7 +17,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=3, help="candidates per group in the outputs, 0 for none (default: 3)")
     parser.add_argument("--card", metavar="COMMAND", help="also write NAME.md beside the model, stating COMMAND as the training command")
     parser.add_argument("--card-limits", default="", help="text of the card's Limits section")
-    parser.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime against PyTorch check (not for shipped models)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.top_k < 0:
@@ -29,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: export needs the 'train' extra ({error}); install with: pip install -e '.[train]'", file=sys.stderr)
         return 2
     try:
-        table = export_run(args.run_dir, args.out, top_k=args.top_k, verify=not args.no_verify)
+        table = export_run(args.run_dir, args.out, top_k=args.top_k)
     except (ExportError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -37,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         from .card import write_card
 
         print(f"wrote {write_card(args.run_dir, args.out, args.card, args.card_limits)}")
-    print(f"exported {args.out}: world {table.world}, {len(table.groups)} groups, verified={not args.no_verify}")
+    print(f"exported and verified {args.out}: world {table.world}, {len(table.groups)} groups")
     return 0
 
 

@@ -96,8 +96,8 @@ def load_run(run_dir: str | Path) -> tuple[WTANet, SymbolTable, TrainConfig]:
     return net.eval(), table, config
 
 
-def export_run(run_dir: str | Path, out: str | Path, *, top_k: int = 3, verify: bool = True) -> SymbolTable:
-    """Export the run at `run_dir` to `out`, stamp the symbol table, and verify unless told not to."""
+def export_run(run_dir: str | Path, out: str | Path, *, top_k: int = 3) -> SymbolTable:
+    """Export the run at `run_dir` to `out`, stamp the symbol table, and verify it against PyTorch."""
     import onnx
 
     net, table, config = load_run(run_dir)
@@ -130,8 +130,11 @@ def export_run(run_dir: str | Path, out: str | Path, *, top_k: int = 3, verify: 
     onnx.save(model, str(out))
     log.info("wrote %s (%.1f MB)", out, out.stat().st_size / 1e6)
 
-    if verify:
+    try:
         verify_export(wrapper, out, config.world, seed=config.seed)
+    except ExportError:
+        out.unlink(missing_ok=True)  # a model that failed verification must not look exported
+        raise
     return table
 
 

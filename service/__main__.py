@@ -23,12 +23,22 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     # Imported after the settings so that --help and bad flags return without importing gRPC.
-    from .inference import ModelError
+    from .cpus import usable_cpus
+    from .inference import Extractor, ModelError
     from .server import create_server
     from .symbols import SymbolTableError
 
+    # The model loads before the port opens, so a bad model file fails with one line and
+    # nothing is ever announced as listening.
+    threads = settings.threads or usable_cpus()
     try:
-        server, _ = create_server(settings)
+        extractor = Extractor.load(settings.model, provider=settings.provider, threads=threads)
+    except (ModelError, SymbolTableError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    log.info("ONNX Runtime intra-op threads: %d", threads)
+    try:
+        server, _ = create_server(settings, extractor=extractor)
     except OSError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

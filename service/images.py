@@ -42,6 +42,8 @@ def load_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXE
         stream: io.BytesIO | Path = io.BytesIO(source)
     else:
         stream = Path(source)
+        if stream.is_dir():
+            raise ImageError(f"{label}: is a directory, not an image file")
         if not stream.is_file():
             raise ImageError(f"{label}: file not found")
         if stream.stat().st_size == 0:

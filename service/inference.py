@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Literal, Sequence
 
 import numpy as np
 from PIL import Image
 
+from .cpus import usable_cpus
 from .schema import Attribute, Candidate, DetectedObject, Extraction
 from .symbols import METADATA_KEY, SymbolTable, SymbolTableError, parse_symbol_table
 
-__all__ = ["ModelError", "Extractor", "DEFAULT_MODEL", "Provider", "available_cpus"]
+__all__ = ["ModelError", "Extractor", "DEFAULT_MODEL", "Provider"]
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +29,6 @@ Provider = Literal["auto", "cuda", "cpu"]
 
 class ModelError(RuntimeError):
     """A model file that cannot be loaded or a provider that cannot be used."""
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask), not the machine's total."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _session(path: Path, provider: Provider, threads: int | None):
@@ -51,7 +43,7 @@ def _session(path: Path, provider: Provider, threads: int | None):
     if provider in ("auto", "cuda") and "CUDAExecutionProvider" in available:
         wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or available_cpus()
+    options.intra_op_num_threads = threads or usable_cpus()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     try:

@@ -111,3 +111,19 @@ def test_malformed_symbol_table_names_field(tiny_model, tmp_path, edit, message)
     with pytest.raises(SymbolTableError, match=message) as caught:
         Extractor.load(path)
     assert "bad.onnx" in str(caught.value)
+
+
+def test_cli_reports_missing_run(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "export", str(tmp_path), "--out", str(tmp_path / "m.onnx")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith(f"error: {tmp_path}: missing checkpoint.pt")
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "m.onnx").exists()

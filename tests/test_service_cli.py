@@ -129,3 +129,16 @@ def test_explicit_cuda_fails_without_gpu():
     assert last.startswith("error: ")
     assert "provider 'cuda' requested" in last
     assert "Traceback" not in result.stderr
+
+
+def test_bad_model_file_fails_before_listening(tmp_path):
+    bogus = tmp_path / "notes.onnx"
+    bogus.write_text("not a model")
+    result = subprocess.run(
+        server_command("--model", str(bogus)), cwd=ROOT, env=clean_environment(), capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"error: {bogus}: cannot load model")
+    assert "listening" not in result.stderr

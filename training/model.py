@@ -41,8 +41,8 @@ class ModelConfig:
     # group: standardise each group's logits per image; none: raw logits.
     normalise_logits: Literal["batch", "group", "none"] = "batch"
     # Axial head: each position group, and each categorical group of a keyed entity, reads a
-    # softmax mixture of pixel channels; a penalty on the overlap of these mixtures keeps two
-    # groups from settling on the same object, the local minimum that otherwise strands groups.
+    # softmax mixture of pixel channels. A penalty on the overlap of these mixtures keeps two
+    # groups from settling on the same object, a local minimum that training does not leave.
     overlap_weight: float = 1.0
     keyed_hidden: int = 16  # hidden width of the small per-group MLP of keyed categorical groups
     kernel_init: Literal["parabola", "box"] = "parabola"  # starting shape of position kernels
