@@ -1,8 +1,8 @@
 """Export a training run to one self-describing ONNX file and verify it against PyTorch.
 
-The graph takes `uint8 [batch, height, width, 3]` RGB images and returns, per WTA group, the
+The graph takes `uint8 [batch, height, width, 3]` RGB images. Per WTA group it returns the
 winning unit (`winners`, int64, lowest index on ties) and its softmax probability
-(`confidences`); with `top_k > 0` also `top_indices` and `top_probs` `[batch, groups, k]`.
+(`confidences`), and with `top_k > 0` also `top_indices` and `top_probs` `[batch, groups, k]`.
 The symbol table travels as JSON in `metadata_props` under `service.symbols.METADATA_KEY`.
 """
 
@@ -32,7 +32,7 @@ FLOAT_MAX = float(np.finfo(np.float32).max)
 
 
 class ExportError(RuntimeError):
-    """Export or its verification failed; the message says which check and by how much."""
+    """Export or its verification failed; the message names the check and the difference found."""
 
 
 class GraphWrapper(nn.Module):

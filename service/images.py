@@ -1,8 +1,8 @@
 """Decode and validate user images into RGB `uint8 [height, width, 3]` arrays.
 
-Every Pillow mode is brought to RGB: transparency is composited on white (the background
-of the built-in worlds), 16- and 32-bit greyscale is scaled to 8 bits, CMYK is converted,
-EXIF orientation is applied, and an animated file yields its first frame. Anything that
+Every Pillow mode is brought to RGB. Transparency is composited on white (the background
+of the built-in worlds), 16- and 32-bit greyscale is scaled to 8 bits and CMYK is
+converted. EXIF orientation is applied, and an animated file yields its first frame. Anything that
 cannot be decoded, or is larger than the pixel limit, raises `ImageError`.
 """
 

@@ -167,7 +167,7 @@ def _check_graph(session, table: SymbolTable, path: Path) -> None:
     shape = inputs[0].shape
     if len(shape) != 4 or shape[1:] != [table.input.height, table.input.width, 3]:
         raise SymbolTableError(
-            f"{path}: symbol table field 'input' says {table.input.height} x {table.input.width} x 3 but the graph input is {shape}"
+            f"{path}: symbol table field 'input' is {table.input.height} x {table.input.width} x 3 but the graph input is {shape}"
         )
     outputs = {o.name: o for o in session.get_outputs()}
     for required in ("winners", "confidences"):

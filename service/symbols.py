@@ -1,6 +1,6 @@
 """The symbol table a model file carries in its ONNX `metadata_props`, and its validation.
 
-The table says what every WTA unit stands for: which group names which factor of which
+The table records what every WTA unit names: which group names which factor of which
 entity, the value each unit names, and for position groups the pixel each unit points to
 in the model's input grid. Loading needs only the JSON text, so serving stays torch-free.
 """
@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-METADATA_KEY = "wtabridge.symbols"  # the metadata_props key that holds the JSON table
+METADATA_KEY = "wtabridge.symbols"  # the metadata_props key of the JSON table
 
 
 class SymbolTableError(ValueError):
@@ -40,7 +40,7 @@ class InputSpec(BaseModel):
 
 
 class UnitSymbol(BaseModel):
-    """What one WTA unit names, as found on the labelled calibration set."""
+    """The factor value one WTA unit names, as found on the labelled calibration set."""
 
     value: str | None  # the factor value, None for a dead unit
     status: Literal["named", "mixed", "dead"]

@@ -20,11 +20,14 @@ def test_graph_contract(tiny_model):
     onnx.checker.check_model(model, full_check=True)
     (image,) = model.graph.input
     dims = [d.dim_param or d.dim_value for d in image.type.tensor_type.shape.dim]
-    assert image.name == "image" and dims == ["batch", 16, 16, 3]
+    assert image.name == "image"
+    assert dims == ["batch", 16, 16, 3]
     assert image.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert [o.name for o in model.graph.output] == ["winners", "confidences", "top_indices", "top_probs"]
     table = json.loads({p.key: p.value for p in model.metadata_props}[METADATA_KEY])
-    assert table["world"] == "tiny" and table["top_k"] == 3 and table["format_version"] == 1
+    assert table["world"] == "tiny"
+    assert table["top_k"] == 3
+    assert table["format_version"] == 1
     assert table["input"] == {"height": 16, "width": 16, "channels": 3, "layout": "NHWC", "dtype": "uint8"}
     assert table["metrics"]["min_decode_accuracy"] == 1.0
 
@@ -33,7 +36,8 @@ def test_dynamic_batch_and_decode(tiny_model):
     extractor = Extractor.load(tiny_model, provider="cpu")
     images, labels = TinyWorld().sample(37, np.random.default_rng(11))
     outputs = extractor.run(images)
-    assert outputs["winners"].shape == (37, 2) and outputs["winners"].dtype == np.int64
+    assert outputs["winners"].shape == (37, 2)
+    assert outputs["winners"].dtype == np.int64
     assert outputs["top_probs"].shape == (37, 2, 3)
     colours = TinyWorld().factors[0].values
     for extraction, label in zip(extractor.extract(list(images)), labels):
@@ -72,15 +76,17 @@ def test_non_finite_logits_yield_valid_winners(tiny_run, tmp_path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     images, _ = TinyWorld().sample(8, np.random.default_rng(0))
     winners = session.run(None, {"image": images})[0]
-    assert (winners[:, 0] >= 0).all() and (winners[:, 0] < 3).all()
-    assert (winners[:, 1] >= 0).all() and (winners[:, 1] < 4).all()
+    assert (winners[:, 0] >= 0).all()
+    assert (winners[:, 0] < 3).all()
+    assert (winners[:, 1] >= 0).all()
+    assert (winners[:, 1] < 4).all()
 
 
 def _rewrite_metadata(source, target, value):
     model = onnx.load(str(source))
-    kept = [p for p in model.metadata_props if p.key != METADATA_KEY]
+    other_props = [p for p in model.metadata_props if p.key != METADATA_KEY]
     del model.metadata_props[:]
-    for prop in kept:
+    for prop in other_props:
         model.metadata_props.add(key=prop.key, value=prop.value)
     if value is not None:
         model.metadata_props.add(key=METADATA_KEY, value=value)
@@ -102,7 +108,7 @@ def test_missing_symbol_table_is_rejected(tiny_model, tmp_path):
         (lambda t: json.dumps({k: v for k, v in t.items() if k != "groups"}), "field 'groups': Field required"),
         (lambda t: json.dumps({**t, "input": {**t["input"], "height": -1}}), "field 'input.height'"),
         (lambda t: json.dumps({**t, "groups": t["groups"][:1]}), "field 'groups' lists 1 groups but the graph has 2"),
-        (lambda t: json.dumps({**t, "input": {**t["input"], "width": 32}}), "field 'input' says 16 x 32"),
+        (lambda t: json.dumps({**t, "input": {**t["input"], "width": 32}}), "field 'input' is 16 x 32"),
     ],
 )
 def test_malformed_symbol_table_names_field(tiny_model, tmp_path, edit, message):

@@ -19,7 +19,8 @@ def test_rgba_composites_on_white():
     image = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
     image.putpixel((1, 1), (0, 0, 255, 255))
     rgb = load_image(_encode(image))
-    assert rgb.shape == (8, 8, 3) and rgb.dtype == np.uint8
+    assert rgb.shape == (8, 8, 3)
+    assert rgb.dtype == np.uint8
     assert rgb[0, 0].tolist() == [255, 255, 255]
     assert rgb[1, 1].tolist() == [0, 0, 255]
 

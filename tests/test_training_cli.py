@@ -23,7 +23,8 @@ def test_run_directory_contents(tiny_run):
     for name in ("checkpoint.pt", "symbols.json", "metrics.json", "auc_heatmap.png", "curves.png"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["seed"] == 0 and metrics["config"]["seed"] == 0
+    assert metrics["seed"] == 0
+    assert metrics["config"]["seed"] == 0
     assert {"hard_task_accuracy", "soft_task_accuracy", "mig", "single_valued_share"} <= set(metrics["wta"])
     assert set(metrics["dense"]["decode_accuracy"]) == {"colour", "x"}
     assert set(metrics["few_shot_task_accuracy"]) == {"wta", "dense"}

@@ -19,7 +19,8 @@ from training.worlds import (
 def test_sortofclevr_plain_matches_public_geometry():
     world = SortOfClevrWorld(plain=1.0)
     images, labels = world.sample(64, np.random.default_rng(0))
-    assert images.shape == (64, 75, 75, 3) and images.dtype == np.uint8
+    assert images.shape == (64, 75, 75, 3)
+    assert images.dtype == np.uint8
     assert labels.shape == (64, 18)
     for k, rgb in enumerate(SORT_OF_CLEVR_COLOURS.values()):
         shape = labels[:, 3 * k]
@@ -37,7 +38,10 @@ def test_sortofclevr_plain_matches_public_geometry():
 def test_sortofclevr_centres_in_range_and_apart():
     labels = SortOfClevrWorld().sample_labels(500, np.random.default_rng(1))
     xs, ys = labels[:, 1::3] + 5, labels[:, 2::3] + 5
-    assert xs.min() >= 5 and xs.max() < 70 and ys.min() >= 5 and ys.max() < 70
+    assert xs.min() >= 5
+    assert xs.max() < 70
+    assert ys.min() >= 5
+    assert ys.max() < 70
     for a in range(6):
         for b in range(a + 1, 6):
             assert (((xs[:, a] - xs[:, b]) ** 2 + (ys[:, a] - ys[:, b]) ** 2) >= 100).all()

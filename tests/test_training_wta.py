@@ -17,7 +17,8 @@ def test_one_winner_per_group():
     assert out.code.shape == (32, 3, 5)
     assert torch.equal(out.code.sum(dim=-1), torch.ones(32, 3))
     assert (out.code[:, ~mask] == 0).all()
-    assert (out.winners[:, 0] < 2).all() and (out.winners[:, 2] < 3).all()
+    assert (out.winners[:, 0] < 2).all()
+    assert (out.winners[:, 2] < 3).all()
 
 
 def test_ties_go_to_lowest_index():
@@ -95,7 +96,8 @@ def test_naming_recovers_known_permutation():
     shape_to_unit = np.array([1, 2, 0])
     winners = np.stack([colour_to_unit[labels[:, 1]], shape_to_unit[labels[:, 0]]], axis=1)
     naming = name_units(winners, labels, [4, 3], factors)
-    assert naming.groups[0].factor == 1 and naming.groups[1].factor == 0
+    assert naming.groups[0].factor == 1
+    assert naming.groups[1].factor == 0
     assert [u.value for u in naming.groups[0].units] == np.argsort(colour_to_unit).tolist()
     assert [u.value for u in naming.groups[1].units] == np.argsort(shape_to_unit).tolist()
     assert np.array_equal(decode(winners, naming, 2), labels)

@@ -1,4 +1,4 @@
-"""How symbolic a code is: unit x factor-value AUCs, single-valued units, MIG, and linear probes."""
+"""Measures of a symbolic code: unit x factor-value AUCs, single-valued units, MIG, and linear probes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ __all__ = ["unit_value_auc", "single_valued_share", "mutual_information_gap", "r
 
 
 def winner_code(winners: np.ndarray, group_sizes: list[int]) -> np.ndarray:
-    """The hard WTA code: concatenated one-hot winners `[n, units]`."""
+    """Build the hard WTA code: concatenated one-hot winners `[n, units]`."""
     return one_hot(winners, group_sizes)
 
 

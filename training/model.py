@@ -1,11 +1,13 @@
 """Encoder, WTA bottleneck and linear task readout, plus the dense-bottleneck baseline.
 
-The encoder keeps full resolution so that a position can be named to the pixel: a few
-3 x 3 convolutions, then the feature map is summarised three ways (global pooling, and
-mean profiles along each image axis). Categorical groups read the global summary through
-a small MLP; position groups read the profile of their axis through a 1-D convolution, so
-unit k of an x group responds to the same pattern at every column (translation
-equivariance). Which entity a group ends up naming is left to training.
+The encoder keeps full resolution so that a position can be named to the pixel. Each pixel
+is described by colour tuning curves (and optional 1 x 1 layers), and the result is
+summarised as mean profiles along each image axis and, through strided 3 x 3 layers, as a
+global pooled summary. Position groups correlate a mixture of profile channels with a 1-D
+kernel, so unit k of an x group responds to the same pattern at every column (translation
+equivariance). Categorical groups of a keyed entity read per-channel statistics through a
+small MLP, and other categorical groups read the global summary. Which entity a group ends
+up naming is left to training.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ class GroupSpec:
 
 
 def group_specs(factors: list[Factor], scale: int = 1) -> list[GroupSpec]:
-    """One group per factor. Position groups keep one unit per value so units map to pixels."""
+    """Build one group per factor. Position groups keep one unit per value so units map to pixels."""
     specs = []
     for factor in factors:
         keyed = factor.entity is not None
@@ -212,7 +214,7 @@ class WTANet(nn.Module):
         self.norm = nn.BatchNorm1d(units, affine=False) if config.normalise_logits == "batch" else nn.Identity()
         # Units whose logits the norm applies to: all of them, except position units of the
         # axial head under WTA, which carry their own scale. The dense baseline normalises all,
-        # so its readout sees inputs of one scale.
+        # so its readout gets inputs of one scale.
         normalised = torch.ones(units, dtype=torch.bool)
         if config.head == "axial" and config.bottleneck == "wta":
             start = 0
@@ -243,12 +245,18 @@ class WTANet(nn.Module):
                     for j in range(weights.shape[0]):
                         weights[j, (1 + j) % weights.shape[1]] += 4.0
 
-    def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Global summary `[B, 2S]` and mean profiles along x `[B, C, W]` and y `[B, C, H]`."""
+    def features(self, images: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """Compute the global summary `[B, 2S]` and mean profiles along x `[B, C, W]` and y `[B, C, H]`.
+
+        The summary feeds only unkeyed categorical groups and the dense head, so it is None
+        (and the strided layers do not run) when neither exists, as in Sort-of-CLEVR.
+        """
         x = images.permute(0, 3, 1, 2).float() / 127.5 - 1.0  # uint8 NHWC -> [-1, 1] NCHW
         pixels = self.pixel(x)  # [B, C, H, W]
-        coarse = self.strided(pixels)  # [B, S, H / 2^k, W / 2^k]
-        summary = torch.cat([coarse.mean(dim=(2, 3)), coarse.amax(dim=(2, 3))], dim=1)
+        summary = None
+        if self.categorical or self.config.head == "dense":
+            coarse = self.strided(pixels)  # [B, S, H / 2^k, W / 2^k]
+            summary = torch.cat([coarse.mean(dim=(2, 3)), coarse.amax(dim=(2, 3))], dim=1)
         return summary, pixels.mean(dim=2), pixels.mean(dim=3)
 
     def unit_logits(self, images: torch.Tensor) -> torch.Tensor:

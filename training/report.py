@@ -62,7 +62,7 @@ def build_symbol_table(world: World, naming: Naming, metrics: dict) -> SymbolTab
 
 
 def _summary_metrics(report: dict) -> dict:
-    """The part of the report that travels inside the model file."""
+    """Select the part of the report that travels inside the model file."""
     wta = report["wta"]
     decode = wta["decode_accuracy"]
     return {

@@ -273,10 +273,15 @@ def _decode_report(decoded: np.ndarray, labels: np.ndarray, world: World) -> dic
     return {factor.name: float((decoded[:, f] == labels[:, f]).mean()) for f, factor in enumerate(world.factors)}
 
 
+def _standardise(train_x: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scale both feature sets by the training set's per-feature mean and standard deviation."""
+    mean, std = train_x.mean(axis=0), train_x.std(axis=0) + 1e-6
+    return (train_x - mean) / std, (x - mean) / std
+
+
 def _probe_decode(train_x: np.ndarray, train_labels: np.ndarray, x: np.ndarray, world: World) -> np.ndarray:
     """Decode every factor from dense features with one ridge probe per factor."""
-    mean, std = train_x.mean(axis=0), train_x.std(axis=0) + 1e-6
-    train_z, z = (train_x - mean) / std, (x - mean) / std
+    train_z, z = _standardise(train_x, x)
     decoded = np.zeros((x.shape[0], len(world.factors)), dtype=np.int64)
     for f, factor in enumerate(world.factors):
         weights = M.ridge_probe(train_z, train_labels[:, f], factor.size)
@@ -299,14 +304,15 @@ def _few_shot(
     rng = np.random.default_rng(config.seed + 2000)
     report: dict[str, dict[str, float]] = {}
     for name, (train_x, test_x) in features.items():
-        mean, std = train_x.mean(axis=0), train_x.std(axis=0) + 1e-6
+        train_z, test_z = _standardise(train_x, test_x)
+        test_z = M.add_bias(test_z)
         scores = {}
         for n in config.few_shot_sizes:
             accuracies = []
             chosen = rng.choice(len(train_x), size=min(n, len(train_x)), replace=False)
             for t in range(new_tasks.weights.shape[0]):
-                weights = M.ridge_probe((train_x[chosen] - mean) / std, train_targets[chosen, t], 2, regulariser=1.0)
-                predicted = np.argmax(M.add_bias((test_x - mean) / std) @ weights, axis=1)
+                weights = M.ridge_probe(train_z[chosen], train_targets[chosen, t], 2, regulariser=1.0)
+                predicted = np.argmax(test_z @ weights, axis=1)
                 accuracies.append((predicted == test_targets[:, t]).mean())
             scores[str(n)] = float(np.mean(accuracies))
         report[name] = scores

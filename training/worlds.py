@@ -186,7 +186,7 @@ class SortOfClevrWorld(World):
     the x and y of its integer centre in [5, 70), one value per pixel. Centres are drawn
     until every pair is at least 10 px apart and objects are painted in colour order, like
     the public generator. With probability `plain` an image is drawn exactly as that
-    generator draws it; otherwise antialiasing, size, colour and background jitter vary so
+    generator draws it. Otherwise antialiasing, size, colour and background jitter vary, so
     that images drawn by other programs decode too.
     """
 
@@ -243,7 +243,7 @@ class SortOfClevrWorld(World):
         supersample = np.where(antialias, 4, 1)
         for k, rgb in enumerate(SORT_OF_CLEVR_COLOURS.values()):
             # Square half-size 5 and circle radius 5 reproduce the public 11 x 11 square
-            # and 81-pixel disc; jittered images stretch both by up to about 0.6 px.
+            # and 81-pixel disc. Jittered images stretch both by up to 0.6 px.
             jitter = np.where(plain, 0.0, rng.uniform(-0.45, 0.6, size=n))
             radius = (5.0 + jitter).astype(np.float32)
             colour = np.array(rgb, dtype=np.float32)[None, :] + np.where(

@@ -19,7 +19,7 @@ WTAMode = Literal["hard", "softmax", "gumbel", "straight_through", "gumbel_strai
 
 
 class WTAOutput(NamedTuple):
-    code: torch.Tensor  # [batch, groups, max_size]: what the readout sees, zero on padding
+    code: torch.Tensor  # [batch, groups, max_size]: the input of the readout, zero on padding
     winners: torch.Tensor  # [batch, groups]: argmax per group, lowest index on ties
     probs: torch.Tensor  # [batch, groups, max_size]: softmax at temperature 1, for confidences
 
@@ -52,8 +52,8 @@ def winner_take_all(
 
     `mask` (`[groups, max_size]`, from `pad_groups`) marks real units; without it every
     entry is a unit.
-    `hard` returns the one-hot argmax (no gradient); `softmax` and `gumbel` return the
-    relaxed code at `temperature`; the `*straight_through` modes return the hard code in
+    `hard` returns the one-hot argmax, with no gradient. `softmax` and `gumbel` return the
+    relaxed code at `temperature`. The `*straight_through` modes return the hard code in
     the forward pass with the relaxed code's gradient. Ties go to the lowest index,
     as `torch.argmax` returns the first maximal value. Non-finite logits are mapped to
     finite values first (NaN to the lowest value) so a winner is always a real unit.
