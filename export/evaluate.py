@@ -7,11 +7,11 @@ to the pixel, the share within 1 px, and the largest centre error.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from service.cli import ArgumentParser, silence_broken_stdout
 from service.images import ImageError, load_image
 from service.inference import Extractor, ModelError
 from service.symbols import SymbolTableError
@@ -60,7 +60,7 @@ def evaluate_objects(extractor: Extractor, folder: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export.evaluate", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m export.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("model", help="ONNX model file")
     parser.add_argument("folder", help="folder with questions.json and its images")
     args = parser.parse_args(argv)
@@ -73,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelError, SymbolTableError, ImageError, KeyError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(json.dumps(report, indent=1))
+    try:
+        print(json.dumps(report, indent=1), flush=True)
+    except BrokenPipeError:
+        return silence_broken_stdout()
     return 0
 
 

@@ -23,7 +23,7 @@ from training.report import CHECKPOINT, SYMBOLS
 from training.train import TrainConfig
 from training.worlds import make_world
 
-__all__ = ["ExportError", "GraphWrapper", "load_run", "export_run", "verify_export"]
+__all__ = ["ExportError", "GraphWrapper", "load_checkpoint", "load_run", "export_run", "verify_export"]
 
 log = logging.getLogger(__name__)
 
@@ -78,22 +78,28 @@ class GraphWrapper(nn.Module):
         return winners, confidences, top_indices, top_probs
 
 
-def load_run(run_dir: str | Path) -> tuple[WTANet, SymbolTable, TrainConfig]:
-    """Rebuild the trained network and its symbol table from a run directory."""
+def load_checkpoint(path: str | Path) -> tuple[WTANet, TrainConfig]:
+    """Rebuild the trained network in eval mode from a checkpoint file written by training."""
     from training.model import ModelConfig, group_specs
 
-    run = Path(run_dir)
-    for name in (CHECKPOINT, SYMBOLS):
-        if not (run / name).is_file():
-            raise ExportError(f"{run}: missing {name}; is this a directory written by 'python -m training'?")
-    checkpoint = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=True)
+    checkpoint = torch.load(Path(path), map_location="cpu", weights_only=True)
     config = TrainConfig.from_dict(checkpoint["config"])
-    table = parse_symbol_table((run / SYMBOLS).read_text(), str(run / SYMBOLS))
     world = make_world(config.world)
     model_config = ModelConfig(**{**vars(config.model), "tasks": config.tasks})
     net = WTANet(model_config, group_specs(world.factors, model_config.group_scale), world.height, world.width)
     net.load_state_dict(checkpoint["state_dict"])
-    return net.eval(), table, config
+    return net.eval(), config
+
+
+def load_run(run_dir: str | Path) -> tuple[WTANet, SymbolTable, TrainConfig]:
+    """Rebuild the trained network and its symbol table from a run directory."""
+    run = Path(run_dir)
+    for name in (CHECKPOINT, SYMBOLS):
+        if not (run / name).is_file():
+            raise ExportError(f"{run}: missing {name}; is this a directory written by 'python -m training'?")
+    net, config = load_checkpoint(run / CHECKPOINT)
+    table = parse_symbol_table((run / SYMBOLS).read_text(), str(run / SYMBOLS))
+    return net, table, config
 
 
 def export_run(run_dir: str | Path, out: str | Path, *, top_k: int = 3) -> SymbolTable:

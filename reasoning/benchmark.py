@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from service.cli import ArgumentParser, silence_broken_stdout
 from service.schema import Extraction
 
 from .errors import ReasoningError
@@ -196,7 +197,7 @@ def _print_report(report: Report, out) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m reasoning.benchmark",
         description="Answer a Sort-of-CLEVR question file with perception and the rules, and report accuracy.",
     )
@@ -234,11 +235,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
 
-    if args.json:
-        json.dump(report.to_json(), sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        _print_report(report, sys.stdout)
+    try:
+        if args.json:
+            json.dump(report.to_json(), sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            _print_report(report, sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return silence_broken_stdout()
     if args.min_accuracy is not None and report.overall < args.min_accuracy:
         print(f"error: overall accuracy {report.overall:.4f} is below --min-accuracy {args.min_accuracy}", file=sys.stderr)
         return 1

@@ -12,6 +12,7 @@ import atexit
 import logging
 import multiprocessing
 import queue
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from pathlib import Path
 import clingo
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import LimitExceeded, ProgramError, ReasoningError
+from .errors import JobStopped, LimitExceeded, ProgramError, ReasoningError
 from .facts import render_facts
 from .program import check_program
 from .solver import Job, Outcome
@@ -47,6 +48,8 @@ ALTERNATIVES_RULES = RULES_DIR / "alternatives.lp"
 
 # Time a new worker may take to import clingo and report ready; not part of any job's limit.
 STARTUP_SECONDS = 60.0
+# How often a caller waiting for a worker or a reply checks its deadline and cancel event.
+POLL_SECONDS = 0.05
 
 
 class Limits(BaseModel):
@@ -74,6 +77,13 @@ class Answer(BaseModel):
     exhausted: bool = Field(False, description="the search finished, so no answer set is missing from `models`")
     warnings: list[str] = Field(default_factory=list)
     seconds: float = Field(0.0, description="wall-clock time of the job, worker round trip included")
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
 
 
 class _Worker:
@@ -145,6 +155,7 @@ class ReasoningPool:
         if start_method not in ("forkserver", "spawn"):
             raise ValueError(f"invalid start_method {start_method!r}: use 'forkserver' or 'spawn'")
         self.limits = limits or Limits()
+        self.workers = workers
         self._context = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
             # Workers fork from a server process that has imported clingo once, which starts
@@ -153,6 +164,7 @@ class ReasoningPool:
             self._context.set_forkserver_preload(["__main__", "reasoning.worker"])
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._workers: set[_Worker] = set()
+        self._busy: set[_Worker] = set()  # workers running a job
         self._lock = threading.Lock()
         self._closed = False
         for _ in range(workers):
@@ -180,6 +192,8 @@ class ReasoningPool:
 
     def _release(self, worker: _Worker, *, replace: bool, kill: bool = False) -> None:
         """Return a worker to the idle queue, or retire it and queue a fresh one."""
+        with self._lock:
+            self._busy.discard(worker)
         if replace or self._closed:
             self._retire(worker, kill=kill)
             if not self._closed:
@@ -191,6 +205,53 @@ class ReasoningPool:
         """Return the process ids of the current workers."""
         with self._lock:
             return sorted(w.pid for w in self._workers if w.pid is not None)
+
+    def busy_pids(self) -> list[int]:
+        """Return the process ids of the workers that are running a job now."""
+        with self._lock:
+            return sorted(w.pid for w in self._busy if w.pid is not None)
+
+    def _acquire(self, deadline: float | None, cancelled: threading.Event | None) -> _Worker:
+        """Take an idle worker; raise JobStopped when the deadline passes, `cancelled` is set or the pool closes."""
+        started = time.monotonic()
+        while True:
+            if self._closed:
+                raise JobStopped("reasoning pool is closed", reason="closed")
+            if cancelled is not None and cancelled.is_set():
+                raise JobStopped("job cancelled while waiting for a free reasoning worker", reason="cancelled")
+            wait = POLL_SECONDS
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise JobStopped(
+                        f"deadline passed after waiting {time.monotonic() - started:.1f} s for a free reasoning"
+                        f" worker; all {self.workers} workers were busy",
+                        reason="deadline",
+                    )
+                wait = min(wait, remaining)
+            try:
+                worker = self._idle.get(timeout=wait)
+            except queue.Empty:
+                continue
+            if self._closed:
+                self._retire(worker, kill=False)
+                raise JobStopped("reasoning pool is closed", reason="closed")
+            return worker
+
+    def _await_reply(
+        self, worker: _Worker, until: float, cancelled: threading.Event | None
+    ) -> tuple | None:
+        """Return the worker's reply, or None when `until` passes first; raise JobStopped once `cancelled` is set."""
+        while True:
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                return None
+            if worker.connection.poll(min(remaining, POLL_SECONDS)):
+                return worker.connection.recv()
+            if cancelled is not None and cancelled.is_set():
+                log.info("reasoning job on worker %s cancelled by its caller; killing the worker", worker.pid)
+                self._release(worker, replace=True, kill=True)
+                raise JobStopped("job cancelled while grounding or solving; the worker was replaced", reason="cancelled")
 
     def close(self) -> None:
         """Stop every worker; jobs still running finish first and their workers stop after."""
@@ -212,6 +273,8 @@ class ReasoningPool:
         models: int = 1,
         consequences: bool = False,
         limits: Limits | None = None,
+        deadline: float | None = None,
+        cancelled: threading.Event | None = None,
     ) -> Answer:
         """Solve `program` with the rule `library` over `facts` in a worker process.
 
@@ -221,13 +284,18 @@ class ReasoningPool:
         report (0 for up to `max_models`). With `consequences`, the answer holds the cautious
         (`certain`) and brave (`possible`) consequences instead.
 
+        `deadline` (a `time.monotonic()` value) bounds the wait for a free worker and the
+        job itself, on top of `limits.wall_seconds`. Setting `cancelled` stops the wait,
+        or kills the worker that runs the job and starts a replacement.
+
         Raises ProgramError for a rejected or ungroundable program, LimitExceeded when a
-        limit is reached (the error names the `Limits` field), and ReasoningError when a
+        limit is reached (the error names the `Limits` field), JobStopped when the deadline
+        passes, `cancelled` is set or the pool closes first, and ReasoningError when a
         worker fails in another way.
         """
         limits = limits or self.limits
         if self._closed:
-            raise ReasoningError("reasoning pool is closed")
+            raise JobStopped("reasoning pool is closed", reason="closed")
         # Checking here returns syntax and safety errors without a worker round trip;
         # the worker checks the same text again before it runs it.
         check_program(program, max_bytes=limits.program_bytes)
@@ -244,29 +312,46 @@ class ReasoningPool:
             memory_bytes=limits.memory_mib * 2**20,
         )
 
-        worker = self._idle.get()
+        worker = self._acquire(deadline, cancelled)
         try:
             worker.wait_ready()
         except ReasoningError:
             self._release(worker, replace=True, kill=True)
             raise
 
+        with self._lock:
+            self._busy.add(worker)
         started = time.perf_counter()
+        until = time.monotonic() + limits.wall_seconds
+        deadline_first = deadline is not None and deadline < until
+        if deadline_first:
+            until = deadline
         try:
             worker.connection.send(job)
-            finished = worker.connection.poll(limits.wall_seconds)
-            reply = worker.connection.recv() if finished else None
+            reply = self._await_reply(worker, until, cancelled)
         except (EOFError, BrokenPipeError, ConnectionResetError):
+            pid = worker.pid
             worker.process.join(1.0)
             code = worker.process.exitcode
-            log.error("reasoning worker %s exited during a job with exit code %s", worker.pid, code)
+            if code is not None and code < 0:
+                ending = f"was killed by signal {_signal_name(-code)}"
+            else:
+                ending = f"exited with code {code}"
+            log.error("reasoning worker %s %s during a job; starting a replacement", pid, ending)
             self._release(worker, replace=True, kill=True)
             raise ReasoningError(
-                f"reasoning worker exited unexpectedly (exit code {code}); the memory limit is"
-                f" {limits.memory_mib} MiB (memory_mib) and the worker was replaced"
+                f"reasoning worker {pid} {ending} during the job and was replaced; a job over the memory"
+                f" limit of {limits.memory_mib} MiB (memory_mib) can end a worker this way"
             ) from None
         seconds = time.perf_counter() - started
 
+        if reply is None and deadline_first:
+            log.info("reasoning job on worker %s passed its caller's deadline; killing the worker", worker.pid)
+            self._release(worker, replace=True, kill=True)
+            raise JobStopped(
+                f"deadline passed after {seconds:.1f} s of grounding or solving; the worker was replaced",
+                reason="deadline",
+            )
         if reply is None:
             log.warning(
                 "reasoning worker %s exceeded the wall-clock limit of %s s; killing it", worker.pid, limits.wall_seconds

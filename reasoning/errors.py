@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ReasoningError", "ProgramError", "LimitExceeded", "FactsError"]
+__all__ = ["ReasoningError", "ProgramError", "LimitExceeded", "JobStopped", "FactsError"]
 
 
 class ReasoningError(Exception):
@@ -28,6 +28,18 @@ class LimitExceeded(ReasoningError):
     def __init__(self, message: str, *, limit: str) -> None:
         super().__init__(message)
         self.limit = limit
+
+
+class JobStopped(ReasoningError):
+    """A job that ended without an answer because its caller gave up or the pool closed.
+
+    `reason` is "deadline" (the caller's deadline passed), "cancelled" (the caller's
+    cancel event was set) or "closed" (the pool closed before a worker was free).
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class FactsError(ReasoningError, ValueError):

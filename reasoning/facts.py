@@ -8,8 +8,9 @@ text: a value that is not a plain lowercase constant becomes a quoted string.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from functools import lru_cache
+from typing import TypeVar
 
 import clingo
 
@@ -20,12 +21,18 @@ from .errors import FactsError
 __all__ = [
     "POSITION_ATTRIBUTES",
     "RESERVED_PREDICATES",
+    "attribute_order",
+    "attribute_predicate",
     "constant",
-    "per_mille",
-    "fact_terms",
     "extraction_facts",
+    "fact_terms",
+    "per_mille",
+    "constant_text",
+    "render_extraction_facts",
     "render_facts",
 ]
+
+T = TypeVar("T")
 
 # x and y are written together as position(O, X, Y).
 POSITION_ATTRIBUTES = ("x", "y")
@@ -85,7 +92,8 @@ def per_mille(probability: float) -> int:
     return round(probability * 1000)
 
 
-def _predicate(attribute: str) -> str:
+def attribute_predicate(attribute: str) -> str:
+    """Return the predicate name of an attribute's facts; raises FactsError for a name that cannot be one."""
     if not _CONSTANT.fullmatch(attribute) or attribute in _KEYWORDS:
         raise FactsError(f"invalid attribute name {attribute!r}: it must be a lowercase ASP identifier")
     if attribute in RESERVED_PREDICATES:
@@ -93,14 +101,20 @@ def _predicate(attribute: str) -> str:
     return attribute
 
 
-def _coordinate(obj: DetectedObject, axis: str, value: str | int) -> clingo.Symbol:
-    symbol = constant(value)
-    if symbol.type != clingo.SymbolType.Number:
+@lru_cache(maxsize=4096, typed=True)
+def _is_number(value: str | int) -> bool:
+    return constant(value).type == clingo.SymbolType.Number
+
+
+def _coordinate(obj: DetectedObject, axis: str, value: str | int) -> str | int:
+    """Return a position value after checking that it is a clingo number."""
+    if not _is_number(value):
         raise FactsError(f"object {obj.id!r}: {axis} must be an integer pixel coordinate, got {value!r}")
-    return symbol
+    return value
 
 
-def _ordered(attributes: dict[str, Attribute]) -> list[str]:
+def attribute_order(attributes: Collection[str]) -> list[str]:
+    """Return the attribute names other than x and y in the order `fact_terms` writes their facts."""
     known = [name for name in _ATTRIBUTE_ORDER if name in attributes]
     others = sorted(set(attributes) - set(_ATTRIBUTE_ORDER) - set(POSITION_ATTRIBUTES))
     return known + others
@@ -129,43 +143,53 @@ def fact_terms(
     a choice. For a position with one uncertain axis, the certain axis is written as a
     single candidate so that the choice rule can combine both axes.
     """
-    yield "image_size", [constant(extraction.width), constant(extraction.height)]
+    return _facts(extraction, constant, alternatives, uncertain_below)
+
+
+def _facts(
+    extraction: Extraction,
+    term: Callable[[str | int], T],
+    alternatives: int,
+    uncertain_below: float | None,
+) -> Iterator[tuple[str, list[T]]]:
+    """Yield the facts of `fact_terms`, with each argument made by `term` from its value."""
+    yield "image_size", [term(extraction.width), term(extraction.height)]
     for obj in extraction.objects:
-        name = constant(obj.id)
+        name = term(obj.id)
         yield "object", [name]
 
-        for attribute in _ordered(obj.attributes):
+        for attribute in attribute_order(obj.attributes):
             value = obj.attributes[attribute]
-            predicate = _predicate(attribute)
+            predicate = attribute_predicate(attribute)
             # NOTE: only shape, colour and size have choice rules; other attributes stay certain.
             if attribute in _ATTRIBUTE_ORDER and _uncertain(value, uncertain_below, alternatives):
-                yield "uncertain", [name, constant(predicate)]
+                yield "uncertain", [name, term(predicate)]
                 for candidate in value.candidates[:alternatives]:
-                    probability = constant(per_mille(candidate.probability))
-                    yield "candidate", [name, constant(predicate), constant(candidate.value), probability]
+                    probability = term(per_mille(candidate.probability))
+                    yield "candidate", [name, term(predicate), term(candidate.value), probability]
             else:
-                yield predicate, [name, constant(value.value)]
+                yield predicate, [name, term(value.value)]
 
         if all(axis in obj.attributes for axis in POSITION_ATTRIBUTES):
             axes = [obj.attributes[axis] for axis in POSITION_ATTRIBUTES]
             unsure = [_uncertain(axis, uncertain_below, alternatives) for axis in axes]
             if any(unsure):
                 for axis_name, axis, is_unsure in zip(POSITION_ATTRIBUTES, axes, unsure):
-                    label = constant(axis_name)
+                    label = term(axis_name)
                     if is_unsure:
                         yield "uncertain", [name, label]
                         choices = [(c.value, c.probability) for c in axis.candidates[:alternatives]]
                     else:
                         choices = [(axis.value, axis.confidence)]
                     for value, probability in choices:
-                        coordinate = _coordinate(obj, axis_name, value)
-                        yield "candidate", [name, label, coordinate, constant(per_mille(probability))]
+                        coordinate = term(_coordinate(obj, axis_name, value))
+                        yield "candidate", [name, label, coordinate, term(per_mille(probability))]
             else:
-                yield "position", [name, *(_coordinate(obj, n, a.value) for n, a in zip(POSITION_ATTRIBUTES, axes))]
+                yield "position", [name, *(term(_coordinate(obj, n, a.value)) for n, a in zip(POSITION_ATTRIBUTES, axes))]
 
-        for attribute in [*_ordered(obj.attributes), *(a for a in POSITION_ATTRIBUTES if a in obj.attributes)]:
+        for attribute in [*attribute_order(obj.attributes), *(a for a in POSITION_ATTRIBUTES if a in obj.attributes)]:
             confidence = per_mille(obj.attributes[attribute].confidence)
-            yield "confidence", [name, constant(attribute), constant(confidence)]
+            yield "confidence", [name, term(attribute), term(confidence)]
 
 
 def extraction_facts(
@@ -184,3 +208,28 @@ def extraction_facts(
 def render_facts(facts: Iterable[clingo.Symbol] | Sequence[clingo.Symbol]) -> str:
     """Write facts as ASP text, one per line, using clingo's printing of each symbol."""
     return "".join(f"{fact}.\n" for fact in facts)
+
+
+@lru_cache(maxsize=65536, typed=True)
+def constant_text(value: str | int) -> str:
+    """Return clingo's printing of `constant(value)`, cached by the Python value."""
+    return str(constant(value))
+
+
+def render_extraction_facts(
+    extraction: Extraction,
+    *,
+    alternatives: int = 0,
+    uncertain_below: float | None = None,
+) -> str:
+    """Write the facts of one image as ASP text, equal to `render_facts(extraction_facts(...))`.
+
+    clingo prints a function term as its name followed by its printed arguments, separated
+    by commas, in brackets. Each argument's printing comes from clingo once per distinct
+    value and is then looked up by the Python value, because building and hashing clingo
+    symbols for every fact costs more than the lookup.
+    """
+    lines = []
+    for predicate, arguments in _facts(extraction, constant_text, alternatives, uncertain_below):
+        lines.append(f"{predicate}({','.join(arguments)}).\n")
+    return "".join(lines)

@@ -17,6 +17,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.cli import ArgumentParser, silence_broken_stdout
+from service.images import DEFAULT_MAX_PIXELS, IMAGE_HANDLING, MIN_MAX_PIXELS
 from service.schema import Extraction
 
 from .engine import ALTERNATIVES_RULES, LIBRARY, Answer, Limits, ReasoningPool
@@ -52,16 +54,29 @@ def _signature(value: str) -> tuple[str, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = Limits()
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m reasoning.query",
         description="Decode images into ASP facts and answer a clingo query over each image.",
+        epilog=IMAGE_HANDLING,
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files to decode")
 
     # Perception
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", type=Path, help="ONNX model file (default: models/sortofclevr.onnx)")
-    source.add_argument("--server", metavar="HOST:PORT", help="decode images with a running service instead")
+    source.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        help="decode images with a running service instead; its own --max-pixels setting then applies",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"largest image in pixels (width x height) decoded in process (default: {DEFAULT_MAX_PIXELS}); larger"
+        " images are rejected after reading only their header",
+    )
 
     # Program and output
     parser.add_argument(
@@ -163,19 +178,22 @@ class _Perception:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.server = args.server
+        self.max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels
         if args.server:
             try:
-                from service.client import SymbolsClient
+                from service.client import ServiceError, SymbolsClient
             except ImportError as error:
                 raise UsageError(f"--server is not available: {error}") from None
             self.client = SymbolsClient(args.server)
+            self.service_error = ServiceError
             return
         try:
-            from service.images import load_image
+            from service.images import PixelLimitError, load_image
             from service.inference import Extractor
         except ImportError as error:
             raise UsageError(f"in-process decoding is not available: {error}; use --server HOST:PORT") from None
         self.load_image = load_image
+        self.pixel_limit_error = PixelLimitError
         options = {}
         if args.alternatives and "top_k" in inspect.signature(Extractor.load).parameters:
             options["top_k"] = args.alternatives
@@ -187,9 +205,26 @@ class _Perception:
                 data = path.read_bytes()
             except OSError as error:
                 raise UsageError(f"{path}: cannot read image: {error}") from None
-            return self.client.extract(data, str(path))
-        image = self.load_image(path)
+            try:
+                return self.client.extract(data, str(path))
+            except self.service_error as error:
+                raise UsageError(_server_failure(self.server, error)) from None
+        try:
+            image = self.load_image(path, max_pixels=self.max_pixels)
+        except self.pixel_limit_error as error:
+            raise UsageError(f"{error} (--max-pixels)") from None
         return self.extractor.extract([image], [str(path)])[0]
+
+
+def _server_failure(address: str, error) -> str:
+    """Word a failed Extract call as one line that names the server."""
+    import grpc
+
+    if error.code == grpc.StatusCode.UNAVAILABLE:
+        # gRPC's text ends with the socket error, for example "Connection refused".
+        reason = error.details.rsplit(": ", 1)[-1].strip()
+        return f"cannot reach server {address}: {reason}; check that python -m service runs there"
+    return f"server {address}: {error.details}"
 
 
 def _answer_json(answer: Answer | None) -> dict | None:
@@ -228,6 +263,11 @@ def run(args: argparse.Namespace, out=sys.stdout) -> int:
         raise UsageError(f"invalid --wall-seconds {args.wall_seconds}: use a positive number of seconds")
     if args.memory_mib < 16:
         raise UsageError(f"invalid --memory-mib {args.memory_mib}: use at least 16")
+    if args.max_pixels is not None:
+        if args.server:
+            raise UsageError("--max-pixels applies to in-process decoding; with --server the server's --max-pixels applies")
+        if args.max_pixels < MIN_MAX_PIXELS:
+            raise UsageError(f"invalid --max-pixels {args.max_pixels}: use at least {MIN_MAX_PIXELS}")
 
     limits = Limits(
         wall_seconds=args.wall_seconds, memory_mib=args.memory_mib, max_models=max(Limits().max_models, args.models)
@@ -285,6 +325,7 @@ def run(args: argparse.Namespace, out=sys.stdout) -> int:
     if args.json:
         json.dump({"images": documents}, out, indent=2)
         out.write("\n")
+    out.flush()
     return 0
 
 
@@ -294,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.CRITICAL, format="%(levelname)s %(name)s: %(message)s")
     try:
         return run(args)
+    except BrokenPipeError:
+        return silence_broken_stdout()
     except (UsageError, ReasoningError, ValueError, OSError, RuntimeError) as error:
         # ImageError, ModelError, SymbolTableError and FactsError all land here as one line.
         print(f"error: {_one_line(error)}", file=sys.stderr)

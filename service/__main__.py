@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     # nothing is ever announced as listening.
     threads = settings.threads or usable_cpus()
     try:
-        extractor = Extractor.load(settings.model, provider=settings.provider, threads=threads)
+        extractor = Extractor.load(settings.model, provider=settings.provider, threads=threads, spin=False)
     except (ModelError, SymbolTableError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -4,6 +4,8 @@ Callers decode and resize their own image before `submit`, so an image that cann
 decoded fails only its caller. One thread collects waiting requests until the batch holds
 `max_batch_size` images or the first of them has waited `max_batch_delay_ms`, drops the
 ones whose deadline has passed or whose caller has cancelled, and runs the rest together.
+A second thread turns each batch's outputs into extractions and resolves the futures, so
+that Python work overlaps the next ONNX Runtime call, which releases the GIL.
 """
 
 from __future__ import annotations
@@ -82,6 +84,10 @@ class MicroBatcher:
         self._stats = BatchStats()
         self._lock = threading.Lock()
         self._closed = False
+        # At most one batch waits for decoding while the next one runs, which bounds memory.
+        self._decoded: queue.Queue = queue.Queue(maxsize=1)
+        self._decoder = threading.Thread(target=self._decode_loop, name="micro-batcher-decode", daemon=True)
+        self._decoder.start()
         self._thread = threading.Thread(target=self._loop, name="micro-batcher", daemon=True)
         self._thread.start()
 
@@ -115,7 +121,11 @@ class MicroBatcher:
                 return
             self._closed = True
             self._queue.put(_STOP)
+        started = time.monotonic()
         self._thread.join(timeout)
+        # The batcher thread hands _STOP to the decoder after its last batch.
+        remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+        self._decoder.join(remaining)
 
     # ------------------------------------------------------------------ batcher thread
 
@@ -139,6 +149,7 @@ class MicroBatcher:
                 batch.append(item)
             self._run(batch)
         self._fail_queued()
+        self._decoded.put(_STOP)
 
     def _fail_queued(self) -> None:
         while True:
@@ -173,18 +184,39 @@ class MicroBatcher:
         live = self._admit(batch)
         if not live:
             return
-        names = [item.name for item in live]
         try:
             outputs = self.extractor.run(np.stack([item.image for item in live]))  # [n, H, W, 3] in
-            results: list[Extraction] = self.extractor.decode(outputs, [item.size for item in live], names)
         except Exception as error:
-            log.exception("batch of %d failed (requests %s)", len(live), ", ".join(names))
-            for item in live:
-                item.future.set_exception(error)
+            self._fail_batch(live, error)
             return
         with self._lock:
             self._stats.batches += 1
             self._stats.images += len(live)
             self._stats.largest_batch = max(self._stats.largest_batch, len(live))
-        for item, result in zip(live, results):
-            item.future.set_result(result)
+        self._decoded.put((live, outputs))
+
+    def _fail_batch(self, live: list[_Pending], error: Exception) -> None:
+        log.error(
+            "batch of %d failed (requests %s): %s", len(live), ", ".join(item.name for item in live), error,
+            exc_info=error,
+        )
+        for item in live:
+            item.future.set_exception(error)
+
+    # ------------------------------------------------------------------ decoder thread
+
+    def _decode_loop(self) -> None:
+        while True:
+            entry = self._decoded.get()
+            if entry is _STOP:
+                return
+            live, outputs = entry
+            try:
+                results: list[Extraction] = self.extractor.decode(
+                    outputs, [item.size for item in live], [item.name for item in live]
+                )
+            except Exception as error:
+                self._fail_batch(live, error)
+                continue
+            for item, result in zip(live, results):
+                item.future.set_result(result)

@@ -1,28 +1,62 @@
 """Decode and validate user images into RGB `uint8 [height, width, 3]` arrays.
 
-Every Pillow mode is brought to RGB. Transparency is composited on white (the background
-of the built-in worlds), 16- and 32-bit greyscale is scaled to 8 bits and CMYK is
-converted. EXIF orientation is applied, and an animated file yields its first frame. Anything that
-cannot be decoded, or is larger than the pixel limit, raises `ImageError`.
+Every Pillow mode is brought to RGB. Transparency (an alpha channel, a palette or a
+colour key) is composited on white, the background of the built-in worlds. 16- and
+32-bit greyscale is scaled to 8 bits and CMYK is converted. EXIF orientation is applied,
+and EXIF that Pillow cannot parse is logged and ignored. An animated file yields its
+first frame. Anything that cannot be decoded raises `ImageError`, and an image with more
+pixels than the limit raises `PixelLimitError` after only its header has been read.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import re
+import threading
 import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
-__all__ = ["ImageError", "PixelLimitError", "DEFAULT_MAX_PIXELS", "MIN_SIDE", "load_image", "to_rgb"]
+__all__ = [
+    "ImageError",
+    "PixelLimitError",
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_HANDLING",
+    "MIN_MAX_PIXELS",
+    "MIN_SIDE",
+    "load_image",
+    "to_rgb",
+]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 40_000_000  # about a 7,700 x 5,200 photo; larger files are rejected
 MIN_SIDE = 4  # smaller images carry no usable object
+MIN_MAX_PIXELS = MIN_SIDE * MIN_SIDE  # the smallest pixel limit that lets an image through
+# A summary of image decoding for the --help text of the commands that read images.
+IMAGE_HANDLING = (
+    "Images in any format Pillow reads become RGB: transparency is composited on white, the EXIF orientation is"
+    " applied (malformed EXIF is logged and ignored), and an animated image gives its first frame."
+)
 BACKGROUND = (255, 255, 255)
+
+# Transpositions for EXIF orientations 2 to 8; 1 is upright.
+_ORIENTATIONS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# Pillow's DecompressionBombError text, "Image size (N pixels) exceeds limit of M pixels, ...".
+_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+# `warnings.catch_warnings` swaps process-wide state, so decoding threads take turns inside it.
+_WARNINGS_LOCK = threading.Lock()
 
 
 class ImageError(ValueError):
@@ -34,7 +68,13 @@ class PixelLimitError(ImageError):
 
 
 def load_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None) -> np.ndarray:
-    """Decode a file path or encoded bytes into an RGB uint8 array, enforcing `max_pixels`."""
+    """Decode a file path or encoded bytes into an RGB uint8 array, enforcing `max_pixels`.
+
+    The size is checked from the header, before any pixel data is decoded. Pillow rejects
+    images over `2 * PIL.Image.MAX_IMAGE_PIXELS` pixels (178,956,970 in Pillow 13) while it
+    reads the header, so that is the limit whenever `max_pixels` is larger. Pillow's
+    warning for images over `MAX_IMAGE_PIXELS` is dropped, because `max_pixels` replaces it.
+    """
     label = name or (str(source) if not isinstance(source, bytes) else "image")
     if isinstance(source, bytes):
         if not source:
@@ -49,52 +89,117 @@ def load_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXE
         if stream.stat().st_size == 0:
             raise ImageError(f"{label}: empty file")
     try:
-        with warnings.catch_warnings():
-            # Pillow only warns between its own limit and twice it; any warning rejects here.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(stream) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise PixelLimitError(f"{label}: {width} x {height} = {width * height} pixels exceeds the limit of {max_pixels}")
-                if min(width, height) < MIN_SIDE:
-                    raise ImageError(f"{label}: {width} x {height} pixels is below the minimum side of {MIN_SIDE}")
-                if getattr(image, "n_frames", 1) > 1:
-                    image.seek(0)
-                image.load()
-                return to_rgb(image, label)
+        with _open(stream, label) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise PixelLimitError(f"{label}: {width} x {height} = {width * height} pixels exceeds the limit of {max_pixels}")
+            if min(width, height) < MIN_SIDE:
+                raise ImageError(f"{label}: {width} x {height} pixels is below the minimum side of {MIN_SIDE}")
+            if getattr(image, "n_frames", 1) > 1:
+                image.seek(0)
+            sixteen_bit = _stores_sixteen_bit(image)
+            image.load()
+            return to_rgb(image, label, sixteen_bit=sixteen_bit)
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageError(f"{label}: rejected as a decompression bomb ({error})") from None
+    except Image.DecompressionBombError as error:
+        raise _bomb_error(label, error, max_pixels) from None
     except UnidentifiedImageError:
-        raise ImageError(f"{label}: not a recognised image format") from None
+        raise ImageError(f"{label}: not a recognised image format, or its header is invalid") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageError(f"{label}: cannot decode image: {error}") from None
 
 
+def _open(stream: io.BytesIO | Path, label: str) -> Image.Image:
+    """Open an image and read its header, logging Pillow's warnings except the decompression-bomb one."""
+    with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        image = Image.open(stream)
+    for warning in caught:
+        if not issubclass(warning.category, Image.DecompressionBombWarning):
+            log.warning("%s: %s", label, str(warning.message).strip())
+    return image
+
+
+def _bomb_error(label: str, error: Image.DecompressionBombError, max_pixels: int) -> PixelLimitError:
+    """Restate Pillow's decompression-bomb rejection as a pixel-limit error that names the limit in force."""
+    match = _BOMB_PIXELS.search(str(error))
+    size = f"{match[1]} pixels" if match else "the image size"
+    ceiling = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    if max_pixels < ceiling:
+        return PixelLimitError(f"{label}: {size} exceeds the limit of {max_pixels}")
+    return PixelLimitError(f"{label}: {size} exceeds Pillow's decompression-bomb limit of {ceiling}")
+
+
+def _stores_sixteen_bit(image: Image.Image) -> bool:
+    """Tell whether an image stores 16-bit samples, as 16-bit PGM files opened in mode "I" do.
+
+    Reads the decoder tiles, so it must run before `load()` clears them.
+    """
+    if image.mode.startswith("I;16"):
+        return True
+    for tile in image.tile:
+        args = tile[3]  # (codec, extents, offset, args); args starts with the raw mode
+        rawmode = args[0] if isinstance(args, tuple) and args else args
+        if isinstance(rawmode, str) and rawmode.startswith("I;16"):
+            return True
+    return False
+
+
+def _read_orientation(image: Image.Image, label: str) -> int:
+    """Return the EXIF orientation, or 1 when it is absent, invalid or in malformed EXIF (logged)."""
+    with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            exif = image.getexif()
+            orientation = exif.get(ExifTags.Base.Orientation, 1)
+            raw = image.info.get("exif")
+            if not exif and isinstance(raw, bytes) and raw:
+                # The JPEG reader parses EXIF while opening and drops its errors, leaving it
+                # empty; parsing the raw block again raises or warns about them.
+                Image.Exif().load(raw)
+        except Exception as error:  # noqa: BLE001 - Pillow raises many types on malformed EXIF
+            problem = str(error) or type(error).__name__
+        else:
+            problem = "; ".join(dict.fromkeys(str(warning.message).strip() for warning in caught))
+    if problem:
+        log.warning("%s: ignoring malformed EXIF: %s", label, problem)
+        return 1
+    if orientation != 1 and orientation not in _ORIENTATIONS:
+        log.warning("%s: ignoring EXIF orientation %r: valid values are 1 to 8", label, orientation)
+        return 1
+    return orientation
+
+
 def _apply_orientation(image: Image.Image, label: str) -> Image.Image:
-    try:
-        return ImageOps.exif_transpose(image)
-    except Exception as error:  # noqa: BLE001 - Pillow raises many types on malformed EXIF
-        log.warning("%s: ignoring malformed EXIF orientation: %s", label, error)
+    orientation = _read_orientation(image, label)
+    if orientation == 1:
         return image
+    return image.transpose(_ORIENTATIONS[orientation])
 
 
-def to_rgb(image: Image.Image, label: str = "image") -> np.ndarray:
-    """Convert any Pillow mode to RGB uint8, compositing transparency on white."""
+def to_rgb(image: Image.Image, label: str = "image", *, sixteen_bit: bool = False) -> np.ndarray:
+    """Convert any Pillow mode to RGB uint8, applying EXIF orientation and compositing transparency on white.
+
+    `sixteen_bit` marks a mode "I" image whose samples span 0 to 65535 (see `_stores_sixteen_bit`).
+    """
     image = _apply_orientation(image, label)
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         values = np.asarray(image, dtype=np.float64)
         if mode == "F":
             top = 1.0 if values.size and values.max() <= 1.0 else 255.0
-        elif mode == "I" and values.size and values.max() > 65535:
+        elif mode.startswith("I;16") or sixteen_bit:
+            top = 65535.0
+        elif values.size and values.max() > 65535:
+            # NOTE: the bit depth of 32-bit integer greyscale is guessed from its values.
             top = float(values.max())
         else:
-            top = 65535.0 if mode != "I" or (values.size and values.max() > 255) else 255.0
+            top = 65535.0 if values.size and values.max() > 255 else 255.0
         grey = np.clip(np.rint(values / top * 255.0), 0, 255).astype(np.uint8)
         return np.repeat(grey[:, :, None], 3, axis=2)
-    if mode == "P" and "transparency" in image.info:
+    if mode in ("1", "L", "P", "RGB") and "transparency" in image.info:
+        # A transparent palette entry or colour key becomes an alpha channel.
         image = image.convert("RGBA")
     elif mode == "PA":
         image = image.convert("RGBA")

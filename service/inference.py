@@ -31,7 +31,7 @@ class ModelError(RuntimeError):
     """A model file that cannot be loaded or a provider that cannot be used."""
 
 
-def _session(path: Path, provider: Provider, threads: int | None):
+def _session(path: Path, provider: Provider, threads: int | None, spin: bool = True):
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -46,6 +46,9 @@ def _session(path: Path, provider: Provider, threads: int | None):
     options.intra_op_num_threads = threads or usable_cpus()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    if not spin:
+        # Idle intra-op threads sleep instead of busy-waiting for the next parallel section.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
     except Exception as error:  # noqa: BLE001 - onnxruntime raises its own untyped errors
@@ -68,13 +71,22 @@ class Extractor:
 
     @classmethod
     def load(
-        cls, path: str | Path | None = None, *, provider: Provider = "auto", threads: int | None = None
+        cls,
+        path: str | Path | None = None,
+        *,
+        provider: Provider = "auto",
+        threads: int | None = None,
+        spin: bool = True,
     ) -> "Extractor":
-        """Open a model file and validate its symbol table; errors name the file and field."""
+        """Open a model file and validate its symbol table; errors name the file and field.
+
+        `spin=False` makes idle ONNX Runtime intra-op threads sleep rather than busy-wait.
+        A server wants that, because its decoding and response threads need the same cores.
+        """
         path = Path(path) if path is not None else DEFAULT_MODEL
         if not path.is_file():
             raise ModelError(f"{path}: model file not found")
-        session = _session(path, provider, threads)
+        session = _session(path, provider, threads, spin)
         metadata = session.get_modelmeta().custom_metadata_map
         table = parse_symbol_table(metadata.get(METADATA_KEY), str(path))
         _check_graph(session, table, path)
@@ -109,20 +121,25 @@ class Extractor:
 
     def decode(self, outputs: dict[str, np.ndarray], sizes: Sequence[tuple[int, int]], names: Sequence[str]) -> list[Extraction]:
         """Turn graph outputs into extractions; `sizes` are the original (width, height)."""
+        # Python lists once per batch: reading numpy scalars one at a time costs more than the decoding.
+        columns = {key: value.tolist() for key, value in outputs.items()}
         results = []
         for i, ((width, height), name) in enumerate(zip(sizes, names)):
-            row = {key: value[i] for key, value in outputs.items()}
+            row = {key: value[i] for key, value in columns.items()}
             results.append(self._decode_one(row, width, height, name))
         return results
 
-    def _decode_one(self, row: dict[str, np.ndarray], width: int, height: int, name: str) -> Extraction:
+    def _decode_one(self, row: dict[str, list], width: int, height: int, name: str) -> Extraction:
+        # The extraction is built as plain dicts and validated once at the end, which costs
+        # less than validating each Attribute and Candidate as it is made.
         table = self.symbol_table
         scale = {"x": width / self.width, "y": height / self.height}
-        attributes: dict[str, dict[str, Attribute]] = {entity: {} for entity in table.entities}
+        attributes: dict[str, dict[str, dict]] = {entity: {} for entity in table.entities}
         for entity, fixed in table.entity_attributes.items():
             for key, value in fixed.items():
-                attributes.setdefault(entity, {})[key] = Attribute(value=value, confidence=1.0)
+                attributes.setdefault(entity, {})[key] = {"value": value, "confidence": 1.0}
 
+        top_indices, top_probs = row.get("top_indices"), row.get("top_probs")
         for g, group in enumerate(table.groups):
             if group.factor is None or group.entity is None or group.attribute is None:
                 continue
@@ -134,17 +151,19 @@ class Extractor:
                 continue
             value = self._unit_value(group, winner, scale)
             candidates = []
-            if "top_indices" in row:
-                for index, probability in zip(row["top_indices"][g], row["top_probs"][g]):
+            if top_indices is not None:
+                for index, probability in zip(top_indices[g], top_probs[g]):
                     index = int(index)
                     if index >= len(group.units) or group.units[index].value is None or probability <= 0.0:
                         continue
-                    candidates.append(Candidate(value=self._unit_value(group, index, scale), probability=_unit_interval(probability)))
-            attributes[group.entity][group.attribute] = Attribute(
-                value=value, confidence=_unit_interval(row["confidences"][g]), candidates=candidates
-            )
-        objects = [DetectedObject(id=entity, attributes=attributes[entity]) for entity in table.entities if attributes.get(entity)]
-        return Extraction(image=name, width=width, height=height, objects=objects)
+                    candidates.append({"value": self._unit_value(group, index, scale), "probability": _unit_interval(probability)})
+            attributes[group.entity][group.attribute] = {
+                "value": value,
+                "confidence": _unit_interval(row["confidences"][g]),
+                "candidates": candidates,
+            }
+        objects = [{"id": entity, "attributes": attributes[entity]} for entity in table.entities if attributes.get(entity)]
+        return Extraction.model_validate({"image": name, "width": width, "height": height, "objects": objects})
 
     def _unit_value(self, group, index: int, scale: dict[str, float]) -> str | int:
         unit = group.units[index]

@@ -22,8 +22,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from reasoning.engine import ReasoningPool
-from reasoning.errors import FactsError, LimitExceeded, ProgramError, ReasoningError
-from reasoning.facts import extraction_facts, render_facts
+from reasoning.errors import FactsError, JobStopped, LimitExceeded, ProgramError, ReasoningError
+from reasoning.facts import extraction_facts, render_extraction_facts, render_facts
 from reasoning.program import check_program
 
 from ._proto import symbols_pb2 as pb
@@ -95,24 +95,72 @@ def _parse_show(items) -> list[tuple[str, int]] | None:
     return signatures
 
 
+class _StreamIntake:
+    """Whether the reader of one ExtractStream may take another item from the client.
+
+    Once the server stops, the handler closes the intake while the reader has no item in hand,
+    so every item taken before is answered and none is taken after.
+    """
+
+    def __init__(self, stopping: threading.Event) -> None:
+        self._lock = threading.Lock()
+        self._stopping = stopping
+        self._holding = False  # the reader has taken an item and not yet queued it
+        self._closed = False
+
+    def take(self) -> bool:
+        """Mark an item as taken and return True, or return False once the intake is closed."""
+        with self._lock:
+            if self._stopping.is_set():
+                self._closed = True
+            if self._closed:
+                return False
+            self._holding = True
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._holding = False
+
+    def close_if_idle(self) -> bool:
+        """Close the intake unless the reader has an item in hand, and return whether it is closed."""
+        with self._lock:
+            if not self._holding:
+                self._closed = True
+            return self._closed
+
+
+def _stream_drained(answered: int, last_id: str | None) -> RequestFailed:
+    """Return the UNAVAILABLE status that ends a stream cut short by the server stopping."""
+    if last_id is None:
+        done = "no items were answered"
+    else:
+        done = f"{answered} items were answered, the last '{last_id}'"
+    return RequestFailed(
+        grpc.StatusCode.UNAVAILABLE,
+        f"the server is shutting down: {done}; later items were not processed, send them again to another replica",
+    )
+
+
 class SymbolsServicer(pb_grpc.SymbolsServicer):
     """Handlers of the four RPCs; requests get UNAVAILABLE until `attach` gives them a model."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._model: _Model | None = None
-        self._stopping = False
+        self._stopping = threading.Event()
 
     def attach(self, model: _Model) -> None:
         self._model = model
 
     def detach(self) -> None:
-        self._stopping = True
+        """Reject new calls with UNAVAILABLE and make running streams stop taking items."""
+        self._stopping.set()
 
     # ------------------------------------------------------------------ helpers
 
     def _ready(self) -> _Model:
-        if self._stopping:
+        if self._stopping.is_set():
             raise RequestFailed(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another replica")
         if self._model is None:
             raise RequestFailed(
@@ -184,7 +232,14 @@ class SymbolsServicer(pb_grpc.SymbolsServicer):
             ) from None
 
     def _extraction_message(self, extraction: Extraction) -> pb.Extraction:
-        return extraction_to_proto(extraction, render_facts(self._facts(extraction)))
+        # The same text as render_facts(self._facts(...)), without a clingo symbol per fact.
+        try:
+            facts = render_extraction_facts(extraction)
+        except FactsError as error:
+            raise RequestFailed(
+                grpc.StatusCode.INTERNAL, f"{extraction.image}: the model's symbols cannot be written as facts: {error}"
+            ) from None
+        return extraction_to_proto(extraction, facts)
 
     # ------------------------------------------------------------------ RPCs
 
@@ -211,14 +266,19 @@ class SymbolsServicer(pb_grpc.SymbolsServicer):
         window: queue.Queue = queue.Queue(maxsize=2 * self.settings.max_batch_size)
         ended = threading.Event()
         context.add_callback(ended.set)
+        intake = _StreamIntake(self._stopping)
         reader = threading.Thread(
             target=self._read_stream,
-            args=(model, request_iterator, window, ended, deadline),
+            args=(model, request_iterator, window, ended, deadline, intake),
             name="extract-stream-reader",
             daemon=True,
         )
         reader.start()
 
+        # Responses follow request order, so the count and id of the last answered item
+        # tell a client whose stream ends early which of its items were not processed.
+        answered = 0
+        last_id: str | None = None
         try:
             while True:
                 try:
@@ -226,6 +286,9 @@ class SymbolsServicer(pb_grpc.SymbolsServicer):
                 except queue.Empty:
                     if ended.is_set():
                         return  # the client cancelled or the deadline passed
+                    if self._stopping.is_set() and intake.close_if_idle() and window.empty():
+                        # The server is stopping and every item taken from the client is answered.
+                        self._fail(context, "ExtractStream", last_id or "-", _stream_drained(answered, last_id))
                     continue
                 if entry is None:
                     return
@@ -233,18 +296,18 @@ class SymbolsServicer(pb_grpc.SymbolsServicer):
                 if future is not None:
                     try:
                         extraction = self._wait(future, item_id, deadline)
+                        answered, last_id = answered + 1, item_id
                         yield pb.ExtractResponse(id=item_id, extraction=self._extraction_message(extraction))
                         continue
                     except RequestFailed as error:
                         failure = error
-                if failure.code in (
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    grpc.StatusCode.CANCELLED,
-                    grpc.StatusCode.UNAVAILABLE,
-                ):
+                if failure.code == grpc.StatusCode.UNAVAILABLE:
+                    self._fail(context, "ExtractStream", item_id, _stream_drained(answered, last_id))
+                if failure.code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
                     # These end the whole stream, not one item.
                     self._fail(context, "ExtractStream", item_id, failure)
                 log.warning("ExtractStream item %s failed: %s: %s", item_id, failure.code.name, failure.message)
+                answered, last_id = answered + 1, item_id
                 yield pb.ExtractResponse(
                     id=item_id, error=pb.ItemError(code=failure.code.name, message=failure.message)
                 )
@@ -259,8 +322,13 @@ class SymbolsServicer(pb_grpc.SymbolsServicer):
                 if entry is not None and entry[1] is not None:
                     entry[1].cancel()
 
-    def _read_stream(self, model, request_iterator, window: queue.Queue, ended: threading.Event, deadline) -> None:
-        """Decode and queue each request of a stream into `window`, then None; stop once `ended` is set."""
+    def _read_stream(
+        self, model, request_iterator, window: queue.Queue, ended: threading.Event, deadline, intake: _StreamIntake
+    ) -> None:
+        """Decode and queue each request of a stream into `window`, then None.
+
+        Stops once `ended` is set, and stops without the None once `intake` closes.
+        """
 
         def put(entry) -> bool:
             while not ended.is_set():
@@ -273,19 +341,23 @@ class SymbolsServicer(pb_grpc.SymbolsServicer):
 
         try:
             for index, request in enumerate(request_iterator):
-                item_id = request.id or str(index)
+                if not intake.take():
+                    return  # the server is stopping; the handler ends the stream
                 try:
-                    entry = (item_id, self._submit(model, request.image, item_id, deadline), None)
-                except RequestFailed as failure:
-                    entry = (item_id, None, failure)
-                if not put(entry):
-                    return
+                    item_id = request.id or str(index)
+                    try:
+                        entry = (item_id, self._submit(model, request.image, item_id, deadline), None)
+                    except RequestFailed as failure:
+                        entry = (item_id, None, failure)
+                    if not put(entry):
+                        return
+                finally:
+                    intake.release()
         except grpc.RpcError:
             pass  # the client cancelled or the deadline passed; the RPC is over
         except Exception:
             log.exception("ExtractStream: reading requests failed")
-        finally:
-            put(None)
+        put(None)
 
     def Query(self, request: pb.QueryRequest, context: grpc.ServicerContext) -> pb.QueryResponse:
         request_id = request.id or _new_id()
@@ -316,9 +388,7 @@ class SymbolsServicer(pb_grpc.SymbolsServicer):
             )
         limits = settings.reasoning_limits()
         # Checking the program first keeps a bad program from costing any inference.
-        self._reasoning_call(
-            functools.partial(check_program, request.program, max_bytes=limits.program_bytes), deadline_bound=False
-        )
+        self._reasoning_call(functools.partial(check_program, request.program, max_bytes=limits.program_bytes))
 
         ids = [image.id or str(index) for index, image in enumerate(request.images)]
         pending = [
@@ -327,20 +397,14 @@ class SymbolsServicer(pb_grpc.SymbolsServicer):
         ]
         extractions = [self._wait(future, image_id, deadline) for future, image_id in zip(pending, ids)]
 
+        # The RPC's end (cancellation, deadline, or server stop after the grace period) stops
+        # a job that waits for a free reasoning worker and kills the worker of a running one.
+        ended = threading.Event()
+        if not context.add_callback(ended.set):
+            ended.set()  # the RPC has already ended
         response = pb.QueryResponse(id=request_id)
         for extraction in extractions:
             facts = self._facts(extraction)
-            job_limits, deadline_bound = limits, False
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise RequestFailed(
-                        grpc.StatusCode.DEADLINE_EXCEEDED,
-                        f"{extraction.image}: deadline passed before reasoning started",
-                    )
-                if remaining < limits.wall_seconds:
-                    job_limits, deadline_bound = limits.model_copy(update={"wall_seconds": remaining}), True
-            # NOTE: a job waits without a time limit for a free reasoning worker before its wall-clock limit starts.
             answer = self._reasoning_call(
                 functools.partial(
                     model.pool.solve,
@@ -349,26 +413,31 @@ class SymbolsServicer(pb_grpc.SymbolsServicer):
                     show,
                     models=models,
                     consequences=request.consequences,
-                    limits=job_limits,
+                    limits=limits,
+                    deadline=deadline,
+                    cancelled=ended,
                 ),
-                deadline_bound=deadline_bound,
                 image_id=extraction.image,
             )
             response.results.append(answer_to_proto(answer, extraction_to_proto(extraction, render_facts(facts))))
         return response
 
     @staticmethod
-    def _reasoning_call(call, *, deadline_bound: bool, image_id: str | None = None):
+    def _reasoning_call(call, *, image_id: str | None = None):
         prefix = f"{image_id}: " if image_id else ""
         try:
             return call()
         except ProgramError as error:
             raise RequestFailed(grpc.StatusCode.INVALID_ARGUMENT, f"invalid program: {error}") from None
+        except JobStopped as error:
+            code = {
+                "deadline": grpc.StatusCode.DEADLINE_EXCEEDED,
+                "cancelled": grpc.StatusCode.CANCELLED,
+            }.get(error.reason, grpc.StatusCode.UNAVAILABLE)
+            if code == grpc.StatusCode.UNAVAILABLE:
+                raise RequestFailed(code, "the server is shutting down; retry on another replica") from None
+            raise RequestFailed(code, f"{prefix}{error}") from None
         except LimitExceeded as error:
-            if error.limit == "wall_seconds" and deadline_bound:
-                raise RequestFailed(
-                    grpc.StatusCode.DEADLINE_EXCEEDED, f"{prefix}deadline passed while grounding or solving"
-                ) from None
             setting = _LIMIT_SETTINGS.get(error.limit)
             hint = f" (server setting {flag_name(setting)})" if setting else ""
             raise RequestFailed(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{prefix}{error}{hint}") from None
@@ -456,7 +525,7 @@ class SymbolsServer:
         extractor = self._extractor
         if extractor is None:
             threads = settings.threads or usable_cpus()
-            extractor = Extractor.load(settings.model, provider=settings.provider, threads=threads)
+            extractor = Extractor.load(settings.model, provider=settings.provider, threads=threads, spin=False)
             log.info("ONNX Runtime intra-op threads: %d", threads)
         log.info(
             "model %s (world %s) runs on %s; provider setting %s",
@@ -486,9 +555,10 @@ class SymbolsServer:
         grace = self.settings.grace_s if grace is None else grace
         log.info("stopping: %.1f s grace for running RPCs", grace)
         self.health.enter_graceful_shutdown()
-        # New RPCs are rejected from here on; running ones keep their model until they end.
-        self.grpc_server.stop(grace).wait()
+        # New RPCs are rejected from here on, and streams stop taking items and end once the
+        # items they took are answered. Running RPCs keep their model until they end.
         self.servicer.detach()
+        self.grpc_server.stop(grace).wait()
         if self._model is not None:
             self._model.batcher.close(timeout=5.0)
         if self._pool is not None and self._owns_pool:

@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from reasoning.engine import Limits
 
-from .images import DEFAULT_MAX_PIXELS
+from .cli import ArgumentParser
+from .images import DEFAULT_MAX_PIXELS, MIN_MAX_PIXELS
 from .inference import DEFAULT_MODEL
 
 __all__ = ["ENV_PREFIX", "Settings", "SettingsError", "build_parser", "env_name", "flag_name", "load_settings"]
@@ -51,9 +52,11 @@ class Settings(BaseModel):
     )
 
     # Micro-batching: a batch runs when it is full or when its first request has waited the delay.
+    # At the default delay of 0 a batch takes the requests that queued while the previous one ran:
+    # a request that finds the model idle runs at once, and batches grow with the load.
     max_batch_size: int = Field(16, ge=1, description="maximum images in one ONNX Runtime call")
     max_batch_delay_ms: float = Field(
-        5.0, ge=0.0, description="maximum time a request waits for others to join its batch, in milliseconds"
+        0.0, ge=0.0, description="maximum time a request waits for others to join its batch, in milliseconds"
     )
 
     # Limits on requests.
@@ -62,7 +65,7 @@ class Settings(BaseModel):
     )
     max_pixels: int = Field(
         DEFAULT_MAX_PIXELS,
-        ge=16,
+        ge=MIN_MAX_PIXELS,
         description="maximum image size in pixels (width x height); larger images get RESOURCE_EXHAUSTED",
     )
     max_concurrent_rpcs: int = Field(
@@ -145,7 +148,7 @@ def build_parser(prog: str = "python -m service") -> argparse.ArgumentParser:
     Flags default to `argparse.SUPPRESS`, so only the flags given on the command line
     appear in the parsed namespace and override the environment.
     """
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=prog,
         description="Serve symbol extraction and ASP queries over gRPC (wtabridge.v1.Symbols).",
         epilog=f"Every flag can also be set by an environment variable: {ENV_PREFIX} and the field name in capitals.",

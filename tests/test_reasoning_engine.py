@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
 
 import clingo
 import pytest
 
 from reasoning.engine import LIBRARY, Limits, ReasoningPool
-from reasoning.errors import LimitExceeded, ProgramError
+from reasoning.errors import JobStopped, LimitExceeded, ProgramError, ReasoningError
 from reasoning.program import check_program, describe_message
 
 TEST_LIMITS = Limits(wall_seconds=2.0, memory_mib=128, program_bytes=4096, max_atoms=1000, jobs_per_worker=100)
@@ -272,3 +275,146 @@ def test_library_loads_in_worker(pool):
     answer = pool.solve(facts(), "", show=[("distance2", 3)], library=LIBRARY)
 
     assert answer.models == [["distance2(blue,red,3200)", "distance2(red,blue,3200)"]]
+
+
+# --------------------------------------------------------------------------- more programs and faults
+
+# Grounding walks two billion values and keeps none of them: little memory, far longer than 2 s.
+SLOW_GROUNDING = "q(X) :- X = 1..2000000000, X \\ 7 = 100."
+
+
+def test_slow_grounding_stopped_by_wall_clock(pool):
+    before = pool.worker_pids()
+
+    with pytest.raises(LimitExceeded, match=r"wall-clock limit of 2 s \(wall_seconds\)") as error:
+        pool.solve(facts(), SLOW_GROUNDING)
+
+    assert error.value.limit == "wall_seconds"
+    assert pool.worker_pids() != before
+    assert pool.solve(facts(), "after.").models == [["after"]]
+
+
+def test_lua_script_rejected(pool):
+    with pytest.raises(ProgramError, match=r"^line 1, column 1: #script is not allowed"):
+        pool.solve(facts(), "#script (lua)\nfunction f() return 1 end\n#end.\na.")
+
+
+@pytest.mark.parametrize(
+    ("program", "expected"),
+    [
+        ("#external e. a.", [["a"]]),
+        ("#const n = 3. size(n).", [["size(3)"]]),
+        ("#defined q/1. a :- q(1).", [[]]),
+        ("a. #heuristic a. [1, true]", [["a"]]),
+        ("{ a }. #project a/0. b.", [["b"]]),
+    ],
+    ids=["external", "const", "defined", "heuristic", "project"],
+)
+def test_declarative_directives_allowed(pool, program, expected):
+    answer = pool.solve(facts(), program, show=[("a", 0), ("b", 0), ("size", 1)])
+
+    assert answer.models[:1] == expected
+
+
+def busy_pool(limits: Limits = TEST_LIMITS):
+    """Start a one-worker pool and a thread whose endless job occupies the worker until `stop` is set."""
+    shared = ReasoningPool(limits.model_copy(update={"wall_seconds": 60.0}))
+    stop = threading.Event()
+    outcome: list[BaseException] = []
+
+    def occupy() -> None:
+        try:
+            shared.solve(facts(), SLOW_SOLVE, cancelled=stop)
+        except Exception as error:  # noqa: BLE001 - the test inspects it
+            outcome.append(error)
+
+    thread = threading.Thread(target=occupy)
+    thread.start()
+    for _ in range(200):
+        if shared.busy_pids():
+            break
+        time.sleep(0.05)
+    return shared, stop, thread, outcome
+
+
+def test_wait_for_worker_respects_deadline():
+    shared, stop, thread, outcome = busy_pool()
+    try:
+        with pytest.raises(JobStopped, match="waiting 0.3 s for a free reasoning worker") as error:
+            shared.solve(facts(), "a.", deadline=time.monotonic() + 0.3)
+        assert error.value.reason == "deadline"
+    finally:
+        stop.set()
+        thread.join(30)
+        shared.close()
+    assert len(outcome) == 1
+
+
+def test_cancel_kills_running_job():
+    shared, stop, thread, outcome = busy_pool()
+    try:
+        busy = shared.busy_pids()
+        stop.set()
+        thread.join(30)
+
+        assert busy != []
+        assert isinstance(outcome[0], JobStopped)
+        assert outcome[0].reason == "cancelled"
+        assert busy[0] not in shared.worker_pids()
+        assert shared.busy_pids() == []
+        assert shared.solve(facts(), "after.").models == [["after"]]
+    finally:
+        shared.close()
+
+
+def test_deadline_stops_running_job():
+    with ReasoningPool(TEST_LIMITS.model_copy(update={"wall_seconds": 60.0})) as shared:
+        before = shared.worker_pids()
+
+        with pytest.raises(JobStopped, match="deadline passed after .* of grounding or solving") as error:
+            shared.solve(facts(), SLOW_SOLVE, deadline=time.monotonic() + 0.5)
+
+        assert error.value.reason == "deadline"
+        assert shared.worker_pids() != before
+        assert shared.solve(facts(), "after.").models == [["after"]]
+
+
+def test_closed_pool_stops_waiting_caller():
+    shared, stop, thread, outcome = busy_pool()
+    waited: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            shared.solve(facts(), "a.")
+        except Exception as error:  # noqa: BLE001 - the test inspects it
+            waited.append(error)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    try:
+        shared.close()
+        waiter.join(10)
+        assert not waiter.is_alive()
+        assert isinstance(waited[0], JobStopped)
+        assert waited[0].reason == "closed"
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def test_killed_worker_fails_only_its_job():
+    shared, stop, thread, outcome = busy_pool()
+    try:
+        pid = shared.busy_pids()[0]
+        os.kill(pid, signal.SIGKILL)
+        thread.join(30)
+
+        assert len(outcome) == 1
+        assert type(outcome[0]) is ReasoningError
+        assert f"reasoning worker {pid} was killed by signal SIGKILL" in str(outcome[0])
+        assert pid not in shared.worker_pids()
+        assert shared.solve(facts(), "after.").models == [["after"]]
+    finally:
+        stop.set()
+        thread.join(30)
+        shared.close()

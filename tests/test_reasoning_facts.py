@@ -6,7 +6,7 @@ import clingo
 import pytest
 
 from reasoning.errors import FactsError
-from reasoning.facts import constant, extraction_facts, per_mille, render_facts
+from reasoning.facts import constant, extraction_facts, fact_terms, per_mille, render_extraction_facts, render_facts
 from service.schema import Attribute, Candidate, DetectedObject, Extraction
 
 
@@ -80,6 +80,33 @@ def test_hostile_symbol_becomes_string():
     assert "evil" not in atoms
     assert atoms == {str(fact) for fact in facts}
 
+
+
+def test_render_extraction_facts_equals_render_facts():
+    hostile = "a). #script (python) import os #end. b("
+    extractions = [
+        one_object(shape=attribute("circle", 0.5), x=attribute(1, 0.25), y=attribute(2)),
+        one_object(object_id=hostile, shape=attribute("x). evil :- "), x=attribute(3), y=attribute(4)),
+        one_object(object_id="Red", shape=attribute('say "hi"\\'), x=attribute("12"), y=attribute(-4)),
+        one_object(shape=attribute("circle", 0.5), x=attribute(1, 0.25), y=attribute(2)),  # cached values
+    ]
+
+    for extraction in extractions:
+        assert render_extraction_facts(extraction) == render_facts(extraction_facts(extraction))
+
+
+def test_render_extraction_facts_with_alternatives():
+    uncertain = Attribute(
+        value="circle",
+        confidence=0.4,
+        candidates=[Candidate(value="circle", probability=0.4), Candidate(value="square", probability=0.35)],
+    )
+    extraction = one_object(shape=uncertain, x=attribute(1, 0.25), y=attribute(2))
+
+    text = render_extraction_facts(extraction, alternatives=2, uncertain_below=0.9)
+
+    assert text == render_facts(extraction_facts(extraction, alternatives=2, uncertain_below=0.9))
+    assert "candidate(o1,shape,square,350)." in text
 
 @pytest.mark.parametrize(
     ("value", "expected"),

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -21,6 +22,8 @@ MODEL = Path(os.environ.get("WTABRIDGE_TEST_MODEL", ROOT / "models" / "sortofcle
 if not MODEL.is_file():
     pytest.skip(f"model {MODEL} is missing; export one with python -m export", allow_module_level=True)
 
+from service._proto import symbols_pb2 as pb
+from service._proto import symbols_pb2_grpc as pb_grpc
 from service.client import SymbolsClient
 from service.server import SERVICE_NAME
 
@@ -142,3 +145,85 @@ def test_bad_model_file_fails_before_listening(tmp_path):
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"error: {bogus}: cannot load model")
     assert "listening" not in result.stderr
+
+
+def start_server(*flags: str) -> tuple[ServerProcess, str]:
+    server = ServerProcess("--provider", "cpu", *flags)
+    port = int(server.wait_for(r"listening on 127\.0\.0\.1:(\d+)")[1])
+    server.wait_for(r"serving wtabridge\.v1\.Symbols")
+    return server, f"127.0.0.1:{port}"
+
+
+def stop_process(server: ServerProcess) -> None:
+    if server.process.poll() is None:
+        server.process.kill()
+        server.process.wait()
+
+
+def test_sigterm_during_stream_names_last_item():
+    image = (ROOT / "examples" / "sortofclevr.png").read_bytes()
+    server, address = start_server("--grace-s", "20")
+    sent: list[str] = []
+    received: list = []
+    signalled = threading.Event()
+
+    def requests():
+        for index in range(400):
+            if index == 20:
+                signalled.wait(30)
+            sent.append(f"item-{index}")
+            yield pb.ExtractRequest(id=sent[-1], image=image)
+            if index >= 20:
+                time.sleep(0.01)  # items keep coming while the server drains
+
+    try:
+        with grpc.insecure_channel(address) as channel:
+            stream = pb_grpc.SymbolsStub(channel).ExtractStream(requests(), timeout=60)
+            with pytest.raises(grpc.RpcError) as caught:
+                for response in stream:
+                    received.append(response)
+                    if len(received) == 5:
+                        server.process.send_signal(signal.SIGTERM)
+                        signalled.set()
+        # The stream ends once the items taken before the signal are answered, well before the grace period.
+        exit_code = server.process.wait(timeout=15)
+    finally:
+        stop_process(server)
+
+    ids = [response.id for response in received]
+    assert exit_code == 0
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert f"{len(ids)} items were answered, the last '{ids[-1]}'" in caught.value.details()
+    assert "later items were not processed" in caught.value.details()
+    assert len(ids) >= 5
+    assert ids == sent[: len(ids)]
+    assert len(ids) < len(sent)
+    assert all(response.WhichOneof("result") == "extraction" for response in received)
+    assert "Traceback" not in server.rest_of_log()
+
+
+def test_sigterm_stops_busy_reasoning_workers():
+    image = (ROOT / "examples" / "sortofclevr.png").read_bytes()
+    # Twelve pigeons in eleven holes: far longer to refute than the 120 s solve limit allows.
+    slow = "p(1..12). h(1..11). 1 { in(P, H) : h(H) } 1 :- p(P). :- in(P, H), in(Q, H), P < Q."
+    server, address = start_server("--solve-timeout-s", "120", "--grace-s", "2")
+    try:
+        with grpc.insecure_channel(address) as channel:
+            stub = pb_grpc.SymbolsStub(channel)
+            request = pb.QueryRequest(images=[pb.ExtractRequest(id="scene", image=image)], program=slow)
+            solving = stub.Query.future(request, timeout=120)
+            time.sleep(1.0)  # the only worker takes the first job
+            waiting = stub.Query.future(request, timeout=120)
+            time.sleep(0.5)
+            server.process.send_signal(signal.SIGTERM)
+            # After the 2 s grace the server cancels both calls, kills the running job and exits.
+            exit_code = server.process.wait(timeout=30)
+            errors = [solving.exception(timeout=10), waiting.exception(timeout=10)]
+    finally:
+        stop_process(server)
+
+    assert exit_code == 0
+    for error in errors:
+        assert error is not None
+        assert error.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE), error
+    assert "Traceback" not in server.rest_of_log()

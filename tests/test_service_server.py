@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import socket
 import threading
 import time
@@ -494,3 +495,238 @@ def test_client_reports_unreachable_server():
         client.get_model()
     assert caught.value.code == grpc.StatusCode.UNAVAILABLE
     assert str(port) in caught.value.details
+
+
+# --------------------------------------------------------------------------- program limits and faults
+
+# Twelve pigeons in eleven holes: tiny to ground, far too slow to refute within the test limits.
+SLOW_SOLVE = "p(1..12). h(1..11). 1 { in(P, H) : h(H) } 1 :- p(P). :- in(P, H), in(Q, H), P < Q."
+# Grounding walks two billion values and keeps none of them: little memory, many seconds.
+SLOW_GROUNDING = "q(X) :- X = 1..2000000000, X \\ 7 = 100."
+# Grounding this needs gigabytes, far above a 128 MiB limit.
+HUGE_GROUNDING = "p(X) :- X = 1..100000000."
+
+
+@pytest.fixture(scope="module")
+def strict(extractor, pool):
+    """A server whose reasoning jobs get 2 s and 128 MiB."""
+    with running(extractor, pool, solve_timeout_s=2.0, solve_memory_mib=128) as server_and_address:
+        yield server_and_address
+
+
+@pytest.mark.parametrize(
+    ("program", "setting", "fragment"),
+    [
+        (HUGE_GROUNDING, "--solve-memory-mib", "memory limit of 128 MiB"),
+        (SLOW_GROUNDING, "--solve-timeout-s", "wall-clock limit of 2 s"),
+        (SLOW_SOLVE, "--solve-timeout-s", "wall-clock limit of 2 s"),
+    ],
+    ids=["huge-grounding", "slow-grounding", "endless-solve"],
+)
+def test_query_limit_then_next_query_works(strict, program, setting, fragment):
+    image = png(scenes(1, seed=20)[0])
+    with SymbolsClient(strict[1], timeout=60) as client:
+        with pytest.raises(ServiceError) as caught:
+            client.query([("blow-up", image)], program)
+        assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert setting in caught.value.details
+        assert fragment in caught.value.details
+        assert "blow-up" in caught.value.details
+
+        results = client.query([("after", image)], "ok.", show=["ok/0"])
+    assert results[0].answer.models == [["ok"]]
+
+
+@pytest.mark.parametrize(
+    "program",
+    ["#script (lua)\nfunction f() return 1 end\n#end.", '#include <incmode>.', 'a.\n#include "rules.lp".'],
+    ids=["lua-script", "include-library", "include-file"],
+)
+def test_query_code_and_file_directives_rejected(client, program):
+    with pytest.raises(ServiceError) as caught:
+        client.query([png(scenes(1, seed=21)[0])], program)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not allowed" in caught.value.details
+    assert "line " in caught.value.details
+
+
+def test_query_external_directive_allowed(client):
+    results = client.query([png(scenes(1, seed=22)[0])], "#external e. ok :- not e.", show=["ok/0"])
+    assert results[0].answer.models == [["ok"]]
+
+
+def test_query_unsafe_variable_names_rule(client):
+    with pytest.raises(ServiceError) as caught:
+        client.query([png(scenes(1, seed=23)[0])], "ok.\nfar(X) :- object(O).")
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "line 2, column 1: unsafe variables in" in caught.value.details
+    assert "far(X)" in caught.value.details
+
+
+# --------------------------------------------------------------------------- slow clients and freed slots
+
+
+def burst(address: str, count: int) -> list[grpc.StatusCode]:
+    """Send `count` Extract calls at once and return each call's status code."""
+    image = png(scenes(1, seed=30)[0])
+    start = threading.Barrier(count)
+
+    def call(index: int) -> grpc.StatusCode:
+        with grpc.insecure_channel(address) as channel:
+            stub = pb_grpc.SymbolsStub(channel)
+            grpc.channel_ready_future(channel).result(timeout=10)
+            start.wait(10)
+            try:
+                stub.Extract(pb.ExtractRequest(id=f"burst-{index}", image=image), timeout=20)
+            except grpc.RpcError as error:
+                return error.code()
+            return grpc.StatusCode.OK
+
+    with ThreadPoolExecutor(max_workers=count) as callers:
+        return list(callers.map(call, range(count)))
+
+
+def assert_slots_free(address: str, count: int) -> None:
+    """Assert that `count` calls at once all succeed, retrying while ended calls release their slots."""
+    for _ in range(50):
+        codes = burst(address, count)
+        if codes == [grpc.StatusCode.OK] * count:
+            return
+        assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+        time.sleep(0.2)
+    pytest.fail(f"a burst of {count} calls still got {codes} after 10 s; a handler thread stayed blocked")
+
+
+def wait_until(condition, what: str, timeout: float = 20) -> None:
+    waited = 0.0
+    while not condition():
+        assert waited < timeout, f"{what} did not happen within {timeout} s"
+        time.sleep(0.05)
+        waited += 0.05
+
+
+@pytest.mark.parametrize("ending", ["deadline", "cancel"])
+def test_stalled_stream_frees_slot(extractor, pool, ending):
+    image = png(scenes(1, seed=31)[0])
+    items = 6000  # about 12 MB of responses, more than HTTP/2 flow control buffers for a client that reads none
+    with (
+        running(extractor, pool, max_concurrent_rpcs=2) as (server, address),
+        grpc.insecure_channel(address) as channel,
+    ):
+        stub = pb_grpc.SymbolsStub(channel)
+        release = threading.Event()
+
+        def requests():
+            for index in range(items):
+                yield pb.ExtractRequest(id=str(index), image=image)
+            release.wait(60)  # then silence: the client neither sends nor reads
+
+        stream = stub.ExtractStream(requests(), timeout=15 if ending == "deadline" else 60)
+
+        # Wait until the server stops processing: its handler is blocked sending responses.
+        processed = -1
+        for _ in range(60):
+            current = server.batcher.stats().images
+            if current == processed and current > 0:
+                break
+            processed = current
+            time.sleep(1.0)
+        assert 0 < processed < items, f"the server processed {processed} of {items} items; it never stalled"
+
+        # The stalled stream takes one slot, but the other slot still serves calls.
+        other = stub.Extract(pb.ExtractRequest(id="meanwhile", image=image), timeout=20)
+        if ending == "cancel":
+            stream.cancel()
+        error = rpc_error(lambda: list(stream))
+        release.set()
+
+        assert other.id == "meanwhile"
+        expected = grpc.StatusCode.DEADLINE_EXCEEDED if ending == "deadline" else grpc.StatusCode.CANCELLED
+        assert error.code() == expected
+        assert_slots_free(address, 2)
+
+
+def test_slow_sender_stream_deadline_frees_slot(extractor, pool):
+    image = png(scenes(1, seed=32)[0])
+    with running(extractor, pool, max_concurrent_rpcs=1) as (_, address), grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.SymbolsStub(channel)
+        release = threading.Event()
+
+        def requests():
+            yield pb.ExtractRequest(id="first", image=image)
+            release.wait(30)
+
+        stream = stub.ExtractStream(requests(), timeout=2)
+        assert next(stream).id == "first"
+        error = rpc_error(next, stream)
+        release.set()
+
+        assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert_slots_free(address, 1)
+
+
+@contextmanager
+def one_worker_server(extractor, **overrides):
+    """A server with its own single reasoning worker, so a test can occupy or kill it."""
+    with ReasoningPool(Limits(), workers=1) as own_pool, running(extractor, own_pool, **overrides) as (_, address):
+        yield own_pool, address
+
+
+def start_slow_query(address: str, timeout: float = 60):
+    channel = grpc.insecure_channel(address)
+    image = pb.ExtractRequest(id="slow", image=png(scenes(1, seed=33)[0]))
+    future = pb_grpc.SymbolsStub(channel).Query.future(
+        pb.QueryRequest(id="slow-query", images=[image], program=SLOW_SOLVE, show=["in/2"]), timeout=timeout
+    )
+    return channel, future
+
+
+def test_cancelled_query_frees_worker_and_slot(extractor):
+    with one_worker_server(extractor, max_concurrent_rpcs=2, solve_timeout_s=60) as (own_pool, address):
+        channel, future = start_slow_query(address)
+        with channel:
+            wait_until(lambda: own_pool.busy_pids() != [], "the slow job starting")
+            busy = own_pool.busy_pids()
+            future.cancel()
+            # The solve limit is 60 s, so a free worker now means the cancellation killed the job.
+            wait_until(lambda: own_pool.busy_pids() == [], "the cancelled job stopping")
+
+        assert busy[0] not in own_pool.worker_pids()
+        with SymbolsClient(address, timeout=20) as client:
+            assert client.query([png(scenes(1, seed=34)[0])], "ok.", show=["ok/0"])[0].answer.models == [["ok"]]
+        assert_slots_free(address, 2)
+
+
+def test_query_waiting_for_worker_gets_deadline(extractor, caplog):
+    with one_worker_server(extractor, max_concurrent_rpcs=3, solve_timeout_s=60) as (own_pool, address):
+        channel, future = start_slow_query(address)
+        with channel, SymbolsClient(address) as client:
+            wait_until(lambda: own_pool.busy_pids() != [], "the slow job starting")
+            with pytest.raises(ServiceError) as caught:
+                client.query([("waiting", png(scenes(1, seed=35)[0]))], "ok.", timeout=1.5)
+            # The blocked slow Query and a freed waiting one leave two slots for a burst.
+            assert_slots_free(address, 2)
+            future.cancel()
+
+        assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        logged = [r.getMessage() for r in caplog.records if "Query" in r.getMessage()]
+        assert any("waiting" in m and "free reasoning worker" in m and "DEADLINE_EXCEEDED" in m for m in logged), logged
+        assert_slots_free(address, 3)
+
+
+def test_killed_worker_fails_only_its_query(extractor):
+    with one_worker_server(extractor, solve_timeout_s=60) as (own_pool, address):
+        channel, future = start_slow_query(address)
+        with channel:
+            wait_until(lambda: own_pool.busy_pids() != [], "the slow job starting")
+            pid = own_pool.busy_pids()[0]
+            os.kill(pid, signal.SIGKILL)
+            error = future.exception(timeout=30)
+
+        assert error.code() == grpc.StatusCode.INTERNAL
+        assert f"reasoning worker {pid} was killed by signal SIGKILL" in error.details()
+        assert "slow" in error.details()
+        with SymbolsClient(address, timeout=20) as client:
+            results = client.query([png(scenes(1, seed=36)[0])], "ok.", show=["ok/0"])
+        assert results[0].answer.models == [["ok"]]
+        assert pid not in own_pool.worker_pids()

@@ -8,11 +8,13 @@ import logging
 import sys
 from dataclasses import replace
 
+from service.cli import ArgumentParser
+
 from .configs import default_config
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m training",
         description="Train a WTA encoder on random linear tasks, name its units and report how symbolic its code is.",
     )
@@ -47,8 +49,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Flags that must be above zero, and flags that must not be below it.
+_POSITIVE = ("steps", "tasks", "batch_size", "calibration_size", "test_size", "restarts", "group_scale",
+             "learning_rate", "temperature_start", "temperature_end")
+_NON_NEGATIVE = ("pool_size", "overlap_weight", "colour_centres")
+
+
+def _invalid_value(args: argparse.Namespace) -> str | None:
+    """Return an error line for the first flag with a value out of range, or None."""
+    for name in _POSITIVE + _NON_NEGATIVE:
+        value = getattr(args, name)
+        if value is None or value > 0 or (value == 0 and name in _NON_NEGATIVE):
+            continue
+        bound = "above 0" if name in _POSITIVE else "0 or more"
+        return f"invalid --{name.replace('_', '-')} {value}: use a value {bound}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    problem = _invalid_value(args)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         from .train import run_training
