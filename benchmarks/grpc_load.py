@@ -284,6 +284,29 @@ def single_client_latencies(server: ServerProcess, payloads: list[bytes], count:
     return times
 
 
+def health_floor(server: ServerProcess, calls: int, seconds: float) -> tuple[float, float]:
+    """Measure the cost of a call that does no work: Health/Check calls/s at `CLIENTS` in flight, and single-client p50 in s.
+
+    Every Extract call pays at least this, so it bounds what the served numbers can reach.
+    """
+    import grpc
+    from grpc_health.v1 import health_pb2
+
+    payload = health_pb2.HealthCheckRequest(service="").SerializeToString()
+    with grpc.insecure_channel(server.address) as channel:
+        method = channel.unary_unary("/grpc.health.v1.Health/Check")
+        for _ in range(10):
+            method(payload, timeout=30)
+        times = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            method(payload, timeout=30)
+            times.append(time.perf_counter() - start)
+        closed_loop(method, [payload], CLIENTS, min(seconds, 1.0))
+        load = closed_loop(method, [payload], CLIENTS, seconds)
+    return load.completed / load.seconds, percentile(times, 50)
+
+
 def check_response(server: ServerProcess, image: bytes) -> int:
     """Extract one image through the Python client and return its object count, to prove the server decodes."""
     from service.client import SymbolsClient
@@ -354,6 +377,7 @@ def run(args) -> Section:
         single = percentile(single_client_latencies(server, payloads, latency_calls), 50)
         batched_load = measure_throughput(server, payloads, seconds=window_s, repeats=repeats)
         loaded = server.memory_kib()
+        floor_rate, floor_single = health_floor(server, latency_calls, window_s)
     finally:
         server.stop()
 
@@ -396,6 +420,16 @@ def run(args) -> Section:
             f"{batched_load.images_per_s:.0f} vs {unbatched_load.images_per_s:.0f} images/s",
         ),
         Comparison(
+            f"gRPC floor: Health/Check calls/s at {CLIENTS} in flight vs in-process images/s",
+            floor_rate / inprocess_rate,
+            f"{floor_rate:.0f} calls/s vs {inprocess_rate:.0f} images/s",
+        ),
+        Comparison(
+            "gRPC floor: single-client Health/Check p50 vs in-process single-image latency",
+            floor_single / inprocess_single,
+            f"{floor_single * 1e3:.2f} vs {inprocess_single * 1e3:.2f} ms",
+        ),
+        Comparison(
             f"server peak RSS (VmHWM) under {CLIENTS}-client load vs RSS after model load",
             loaded["VmHWM"] / idle["VmRSS"],
             f"{loaded['VmHWM'] / 1024:.0f} vs {idle['VmRSS'] / 1024:.0f} MiB",
@@ -422,6 +456,8 @@ def run(args) -> Section:
         "grpc_unbatched_server_cpu_ms_per_image": round(
             1e3 * unbatched_load.server_cpu_seconds / unbatched_load.completed, 3
         ),
+        "health_check_calls_per_s": round(floor_rate, 1),
+        "health_check_single_client_p50_ms": round(floor_single * 1e3, 3),
         "server_rss_after_load_model_mib": round(idle["VmRSS"] / 1024, 1),
         "server_peak_rss_mib": round(loaded["VmHWM"] / 1024, 1),
         "server_rss_after_load_mib": round(loaded["VmRSS"] / 1024, 1),

@@ -46,7 +46,7 @@ def test_grpc_section_quick(tmp_path):
     assert section["run"]["quick"] is True
 
     comparisons = {c["name"]: c for c in section["comparisons"]}
-    assert len(comparisons) == 5
+    assert len(comparisons) == 7
     targets = sorted((c["target"], c["direction"]) for c in section["comparisons"] if c["target"] is not None)
     assert targets == [(0.8, "min"), (1.3, "max")]
     for comparison in section["comparisons"]:
