@@ -103,20 +103,31 @@ def format_record(fmt: str, image: str, *, extraction=None, facts: str = "", err
     return f"% image: {json.dumps(image)}\n{facts}\n"
 
 
+class ForeignText(ValueError):
+    """Text in an existing output file that is not a record of the requested format."""
+
+    def __init__(self, line: int) -> None:
+        super().__init__(f"line {line}")
+        self.line = line
+
+
 def _jsonl_records(text: str) -> tuple[list[Record], int]:
     records = []
     end = 0
-    for line in text.splitlines(keepends=True):
+    for number, line in enumerate(text.splitlines(keepends=True), start=1):
         if not line.endswith("\n"):
-            break  # a line cut short by an interrupted run
+            if not line.startswith("{"):
+                raise ForeignText(number)
+            break  # a record cut short by an interrupted run
         end += len(line)
         try:
             value = json.loads(line)
         except json.JSONDecodeError:
-            continue
-        if isinstance(value, dict) and isinstance(value.get("image"), str):
-            error = value.get("error")
-            records.append(Record(value["image"], None if error is None else str(error), line))
+            raise ForeignText(number) from None
+        if not (isinstance(value, dict) and isinstance(value.get("image"), str)):
+            raise ForeignText(number)
+        error = value.get("error")
+        records.append(Record(value["image"], None if error is None else str(error), line))
     return records, end
 
 
@@ -140,6 +151,8 @@ def _lp_records(text: str) -> tuple[list[Record], int]:
         header = lines[index].rstrip("\n")
         image = _header_path(header, "% image: ")
         failure = _header_path(header, "% error: ")
+        if image is None and failure is None:
+            raise ForeignText(index + 1)
         # A block ends at its first blank line; a block without one was cut short.
         stop = index
         while stop < len(lines) and lines[stop].strip():
@@ -149,7 +162,7 @@ def _lp_records(text: str) -> tuple[list[Record], int]:
         block = "".join(lines[index : stop + 1])
         if image is not None:
             records.append(Record(image[0], None, block))
-        elif failure is not None:
+        else:
             records.append(Record(failure[0], failure[1] or "failed", block))
         end += len(block)
         index = stop + 1
@@ -157,7 +170,11 @@ def _lp_records(text: str) -> tuple[list[Record], int]:
 
 
 def read_records(path: Path, fmt: str) -> tuple[list[Record], int]:
-    """Parse an existing output file; return its complete records and where they end, in characters."""
+    """Parse an existing output file; return its complete records and where they end, in characters.
+
+    Raises ForeignText at the first line that is neither a record of `fmt` nor the start of
+    one cut short at the end of the file, so that no other text is ever rewritten away.
+    """
     text = path.read_text(encoding="utf-8")
     return _jsonl_records(text) if fmt == "jsonl" else _lp_records(text)
 
@@ -442,6 +459,11 @@ def run(args: argparse.Namespace, stderr: TextIO) -> int:
         raise BatchError(f"no images found in {', '.join(args.paths)}")
     try:
         done = prepare_output(args.out, args.format, images)
+    except ForeignText as error:
+        raise BatchError(
+            f"output {args.out}, line {error.line}: not a {args.format} record of python -m service.batch; "
+            "choose another --out, or the --format the file was written with"
+        ) from None
     except OSError as error:
         raise BatchError(f"cannot use output {args.out}: {error.strerror or error}") from None
     except UnicodeDecodeError:

@@ -288,7 +288,9 @@ class SymbolsServicer(pb_grpc.SymbolsServicer):
                         return  # the client cancelled or the deadline passed
                     if self._stopping.is_set() and intake.close_if_idle() and window.empty():
                         # The server is stopping and every item taken from the client is answered.
-                        self._fail(context, "ExtractStream", last_id or "-", _stream_drained(answered, last_id))
+                        # The log names the stream by the item it stopped after; that item was answered.
+                        position = f"(after {last_id or 'no item'})"
+                        self._fail(context, "ExtractStream", position, _stream_drained(answered, last_id))
                     continue
                 if entry is None:
                     return

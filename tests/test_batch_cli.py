@@ -226,6 +226,31 @@ def test_batch_unreachable_server_fails_in_one_line(folder, tmp_path, capsys):
     assert err.startswith(f"error: server 127.0.0.1:{port}: cannot reach")
 
 
+@pytest.mark.parametrize(
+    ("existing", "fmt", "line"),
+    [
+        ('{"image": "a.png", "facts": ""}\n{"image": "b.png", "facts": ""}\n', "lp", 1),  # JSON Lines read as lp
+        ('% image: "a.png"\nobject(red).\n\n', "jsonl", 1),  # lp read as JSON Lines
+        ("my notes\nabout this run", "lp", 1),  # text without a blank line, not a cut-short block
+        ('{"image": "a.png", "facts": ""}\nmy note\n', "jsonl", 2),  # a foreign line between records
+    ],
+)
+def test_batch_foreign_output_left_untouched(existing, fmt, line, folder, tmp_path, capsys):
+    out = tmp_path / "output.txt"
+    out.write_text(existing)
+
+    status, err = run_batch(
+        str(folder), "--out", str(out), "--format", fmt, "--model", str(MODEL), "--threads", "1", capsys=capsys
+    )
+
+    assert status == 2
+    assert err.strip() == (
+        f"error: output {out}, line {line}: not a {fmt} record of python -m service.batch; "
+        "choose another --out, or the --format the file was written with"
+    )
+    assert out.read_text() == existing
+
+
 def test_batch_no_images_fails_in_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     status, err = run_batch(str(tmp_path / "empty"), "--out", str(tmp_path / "o.jsonl"), capsys=capsys)
