@@ -79,6 +79,16 @@ class Answer(BaseModel):
     seconds: float = Field(0.0, description="wall-clock time of the job, worker round trip included")
 
 
+# gRPC cancels a call when its deadline passes, and that may come a little before the
+# deadline the server computed from the call's remaining time; within this margin a
+# cancellation counts as the deadline passing.
+DEADLINE_MARGIN_SECONDS = 0.25
+
+
+def _deadline_near(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline - DEADLINE_MARGIN_SECONDS
+
+
 def _signal_name(number: int) -> str:
     try:
         return signal.Signals(number).name
@@ -217,12 +227,12 @@ class ReasoningPool:
         while True:
             if self._closed:
                 raise JobStopped("reasoning pool is closed", reason="closed")
-            if cancelled is not None and cancelled.is_set():
+            if cancelled is not None and cancelled.is_set() and not _deadline_near(deadline):
                 raise JobStopped("job cancelled while waiting for a free reasoning worker", reason="cancelled")
             wait = POLL_SECONDS
             if deadline is not None:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or (cancelled is not None and cancelled.is_set()):
                     raise JobStopped(
                         f"deadline passed after waiting {time.monotonic() - started:.1f} s for a free reasoning"
                         f" worker; all {self.workers} workers were busy",
@@ -239,15 +249,20 @@ class ReasoningPool:
             return worker
 
     def _await_reply(
-        self, worker: _Worker, until: float, cancelled: threading.Event | None
+        self, worker: _Worker, until: float, cancelled: threading.Event | None, deadline: float | None = None
     ) -> tuple | None:
-        """Return the worker's reply, or None when `until` passes first; raise JobStopped once `cancelled` is set."""
+        """Return the worker's reply, or None when `until` passes first; raise JobStopped once `cancelled` is set.
+
+        A cancellation within the margin of `deadline` also returns None, as the deadline passing.
+        """
         while True:
             remaining = until - time.monotonic()
             if remaining <= 0:
                 return None
             if worker.connection.poll(min(remaining, POLL_SECONDS)):
                 return worker.connection.recv()
+            if cancelled is not None and cancelled.is_set() and _deadline_near(deadline):
+                return None
             if cancelled is not None and cancelled.is_set():
                 log.info("reasoning job on worker %s cancelled by its caller; killing the worker", worker.pid)
                 self._release(worker, replace=True, kill=True)
@@ -328,7 +343,7 @@ class ReasoningPool:
             until = deadline
         try:
             worker.connection.send(job)
-            reply = self._await_reply(worker, until, cancelled)
+            reply = self._await_reply(worker, until, cancelled, deadline)
         except (EOFError, BrokenPipeError, ConnectionResetError):
             pid = worker.pid
             worker.process.join(1.0)

@@ -26,6 +26,7 @@ __all__ = [
     "constant",
     "extraction_facts",
     "fact_terms",
+    "fact_values",
     "per_mille",
     "constant_text",
     "render_extraction_facts",
@@ -190,6 +191,24 @@ def _facts(
         for attribute in [*attribute_order(obj.attributes), *(a for a in POSITION_ATTRIBUTES if a in obj.attributes)]:
             confidence = per_mille(obj.attributes[attribute].confidence)
             yield "confidence", [name, term(attribute), term(confidence)]
+
+
+def _value(value: str | int) -> str | int:
+    return value
+
+
+def fact_values(
+    extraction: Extraction,
+    *,
+    alternatives: int = 0,
+    uncertain_below: float | None = None,
+) -> list[tuple[str, list[str | int]]]:
+    """Return the facts of `fact_terms` with plain Python values in place of symbols.
+
+    The list pickles in a fraction of the time the extraction takes, so it is what goes to
+    another process; `constant` turns each value into the symbol `fact_terms` would give.
+    """
+    return list(_facts(extraction, _value, alternatives, uncertain_below))
 
 
 def extraction_facts(

@@ -24,6 +24,9 @@ from .engine import RULES_DIR
 from .errors import ReasoningError
 from .facts import constant, fact_terms
 
+# The facts of one image as `reasoning.facts.fact_values` returns them.
+FactValues = list[tuple[str, list[str | int]]]
+
 __all__ = [
     "SORTOFCLEVR_RULES",
     "COLOURS",
@@ -269,11 +272,14 @@ class SortOfClevrReasoner:
         # Facts of other predicates cannot change the answers, so they are not added.
         self._inputs = _body_predicates(statements)
 
-    def answer(self, batch: Sequence[tuple[Extraction, Sequence[Question]]]) -> list[list[list[str | int]]]:
+    def answer(
+        self, batch: Sequence[tuple[Extraction | FactValues, Sequence[Question]]]
+    ) -> list[list[list[str | int]]]:
         """Return, per image and per question, the list of answers the rules derive.
 
-        A correct program derives exactly one answer per question. A question about a
-        colour that no object has gets an empty list.
+        Each image comes as its extraction or as its `fact_values`. A correct program
+        derives exactly one answer per question. A question about a colour that no object
+        has gets an empty list.
         """
         errors: list[str] = []
 
@@ -291,7 +297,11 @@ class SortOfClevrReasoner:
             with control.backend() as backend:
                 for index, (extraction, questions) in enumerate(batch):
                     image = clingo.Number(index)
-                    for name, arguments in chain(fact_terms(extraction), question_terms(questions)):
+                    if isinstance(extraction, Extraction):
+                        facts = fact_terms(extraction)
+                    else:
+                        facts = ((name, [constant(value) for value in values]) for name, values in extraction)
+                    for name, arguments in chain(facts, question_terms(questions)):
                         if name in self._inputs:
                             backend.add_rule([backend.add_atom(clingo.Function(name, [image, *arguments]))])
             control.ground([("base", [])])

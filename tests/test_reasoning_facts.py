@@ -6,7 +6,15 @@ import clingo
 import pytest
 
 from reasoning.errors import FactsError
-from reasoning.facts import constant, extraction_facts, fact_terms, per_mille, render_extraction_facts, render_facts
+from reasoning.facts import (
+    constant,
+    extraction_facts,
+    fact_terms,
+    fact_values,
+    per_mille,
+    render_extraction_facts,
+    render_facts,
+)
 from service.schema import Attribute, Candidate, DetectedObject, Extraction
 
 
@@ -93,6 +101,14 @@ def test_render_extraction_facts_equals_render_facts():
 
     for extraction in extractions:
         assert render_extraction_facts(extraction) == render_facts(extraction_facts(extraction))
+
+
+def test_fact_values_match_fact_terms():
+    extraction = one_object(object_id="Red", shape=attribute("a). b"), x=attribute("12"), y=attribute(-4))
+
+    values = [(name, [constant(value) for value in arguments]) for name, arguments in fact_values(extraction)]
+
+    assert values == list(fact_terms(extraction))
 
 
 def test_render_extraction_facts_with_alternatives():

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from reasoning.engine import LIBRARY
-from reasoning.facts import extraction_facts, render_facts
+from reasoning.benchmark import _answer_all
+from reasoning.facts import extraction_facts, fact_values, render_facts
 from reasoning.sortofclevr import (
     COLOURS,
     QUESTION_TYPES,
@@ -235,6 +236,27 @@ def test_batch_matches_single_images():
     alone = [reasoner.answer([item])[0] for item in items]
 
     assert together == alone
+
+
+def test_fact_values_give_same_answers():
+    scenes = random_scenes(12, seed=5)
+    reasoner = SortOfClevrReasoner()
+    extractions = [ground_truth_extraction(s, 75, 75) for s in scenes]
+
+    from_extractions = reasoner.answer([(e, s.questions) for e, s in zip(extractions, scenes)])
+    from_values = reasoner.answer([(fact_values(e), s.questions) for e, s in zip(extractions, scenes)])
+
+    assert from_values == from_extractions
+
+
+def test_worker_processes_give_same_answers():
+    scenes = random_scenes(9, seed=7)
+    items = [(ground_truth_extraction(s, 75, 75), s.questions) for s in scenes]
+
+    serial, _ = _answer_all(items, batch_size=64, workers=1)
+    parallel, _ = _answer_all(items, batch_size=64, workers=2)
+
+    assert parallel == serial
 
 
 def test_random_scenes_match_reference():
