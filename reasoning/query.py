@@ -333,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.CRITICAL, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        # Ignored EXIF and other decoding notes stay visible: the help promises they are logged.
+        logging.getLogger("service.images").setLevel(logging.WARNING)
     try:
         return run(args)
     except BrokenPipeError:

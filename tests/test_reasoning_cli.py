@@ -253,3 +253,18 @@ def test_benchmark_with_model_reaches_accuracy():
     report = json.loads(result.stdout)
     assert report["overall"] >= 0.99, report["mistakes"]
     assert report["perception_ms_per_image"] > 0
+
+
+def test_query_logs_ignored_exif_orientation(tmp_path):
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 9  # Orientation; valid values are 1 to 8
+    Image.open(REPO / "examples" / "sortofclevr.png").convert("RGB").save(path, exif=exif, quality=95, subsampling=0)
+
+    result = command("reasoning.query", str(path), "--facts-only")
+
+    assert result.returncode == 0, result.stderr
+    assert "object(red)." in result.stdout
+    assert result.stderr.strip().splitlines() == [
+        f"WARNING service.images: {path}: ignoring EXIF orientation 9: valid values are 1 to 8"
+    ]
