@@ -4,7 +4,7 @@
     python -m benchmarks --sections grpc       # one section; the stored results of the others stay
 
 Each section keeps the date, machine and command of the run that produced it, so a table
-built from several runs still says where each number came from.
+built from several runs still names where each number came from.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import os
 import platform
 import sys
 from pathlib import Path
+
+from service.cli import ArgumentParser
 
 from .common import Section
 
@@ -119,7 +121,7 @@ def write_page(stored: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--sections",
         nargs="+",

@@ -14,8 +14,8 @@ __all__ = ["Comparison", "Section", "best_of", "best_of_interleaved", "percentil
 class Comparison:
     """One ratio of two measurements from the same run, with its target when it has one.
 
-    `direction` says which way the target points: "min" means `ratio >= target` meets it,
-    "max" means `ratio <= target` does.
+    `direction` is "min" when `ratio >= target` meets the target and "max" when
+    `ratio <= target` does.
     """
 
     name: str

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from service.cli import ArgumentParser
+
 from .grpc_load import CLIENTS, encoded_scenes, measure_throughput, serialized_requests, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +39,7 @@ class ProviderNotUsed(RuntimeError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__.split("\n\n")[0])
     parser.add_argument("--provider", choices=sorted(PROVIDERS), default="cuda", help="execution provider to measure (default: cuda)")
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "sortofclevr.onnx", help="ONNX model to measure")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64, 1024], help="batch sizes of the graph runs (default: 1 64 1024)")

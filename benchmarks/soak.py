@@ -34,6 +34,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from service.cli import ArgumentParser
+
 from .common import percentile
 
 __all__ = ["ExtractLoad", "QuerySoak", "main", "process_tree_rss_kib", "render_region", "write_region"]
@@ -303,7 +305,7 @@ def write_region(page: Path, result: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.soak", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m benchmarks.soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="ONNX model file the server loads")
     parser.add_argument("--queries", type=int, default=10_000, help="number of Query calls (default 10000)")
     parser.add_argument(

@@ -79,9 +79,9 @@ class Answer(BaseModel):
     seconds: float = Field(0.0, description="wall-clock time of the job, worker round trip included")
 
 
-# gRPC cancels a call when its deadline passes, and that may come a little before the
-# deadline the server computed from the call's remaining time; within this margin a
-# cancellation counts as the deadline passing.
+# gRPC cancels a call when its deadline passes, which can happen a little before the
+# deadline the server computed from the call's remaining time. A cancellation within this
+# margin of the deadline counts as the deadline passing.
 DEADLINE_MARGIN_SECONDS = 0.25
 
 

@@ -206,7 +206,7 @@ def fact_values(
     """Return the facts of `fact_terms` with plain Python values in place of symbols.
 
     The list pickles in a fraction of the time the extraction takes, so it is what goes to
-    another process; `constant` turns each value into the symbol `fact_terms` would give.
+    another process. `constant` turns each value into the symbol `fact_terms` would give.
     """
     return list(_facts(extraction, _value, alternatives, uncertain_below))
 
