@@ -22,7 +22,8 @@ import queue
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -34,6 +35,9 @@ __all__ = ["IMAGE_SUFFIXES", "Record", "collect_images", "main", "read_records"]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 EXIT_OK, EXIT_FILES_FAILED, EXIT_FATAL = 0, 1, 2
+# Chunks read or run ahead of the one being written; more lets the reader work through
+# moments when the model's thread has the cores.
+READ_AHEAD = 4
 
 
 class BatchError(RuntimeError):
@@ -222,13 +226,23 @@ def _facts_text(extraction) -> str:
     return render_extraction_facts(extraction)
 
 
+def default_threads() -> int:
+    """ONNX Runtime threads for in-process runs: one core is left to the threads that decode files and write records.
+
+    On 2 cores benchmarks/batch.py measured 0.29 ms per image with one model thread against
+    0.33 to 0.36 ms with two, because decoding competed with the model for both cores.
+    """
+    from .cpus import usable_cpus
+
+    return max(1, usable_cpus() - 1)
+
+
 def run_in_process(images: Sequence[str], args: argparse.Namespace) -> Iterator[Outcome]:
     """Decode and run images with a local ONNX Runtime session, `args.batch_size` at a time."""
     import numpy as np
 
     from reasoning.errors import FactsError
 
-    from .cpus import usable_cpus
     from .images import ImageError, PixelLimitError, load_image
     from .inference import Extractor, ModelError
     from .record_text import RecordWriter
@@ -239,7 +253,7 @@ def run_in_process(images: Sequence[str], args: argparse.Namespace) -> Iterator[
         # files and write records. With spinning, benchmarks/batch.py measured 0.96 instead of
         # 0.59 ms per image on a busy 2-core machine.
         extractor = Extractor.load(
-            args.model, provider=args.provider, threads=args.threads or usable_cpus(), spin=False
+            args.model, provider=args.provider, threads=args.threads or default_threads(), spin=False
         )
     except (ModelError, SymbolTableError) as error:
         raise BatchError(str(error)) from None
@@ -255,22 +269,32 @@ def run_in_process(images: Sequence[str], args: argparse.Namespace) -> Iterator[
         except ImageError as error:
             return error
 
-    def infer(chunk: Sequence[str]):
-        """Decode the files of one chunk and run the good ones; return the arrays (or errors) and the outputs."""
-        decoded = list(pool.map(decode, chunk))
-        good = [array for array in decoded if not isinstance(array, Exception)]
-        outputs = extractor.run(np.stack([extractor.prepare(array) for array in good])) if good else {}
-        return decoded, outputs
+    def read(chunk: Sequence[str]):
+        """Decode the files of one chunk; return the arrays (or errors) and the stacked batch of the good ones."""
+        decoded = [decode(image) for image in chunk]
+        good = [extractor.prepare(array) for array in decoded if not isinstance(array, Exception)]
+        return decoded, (np.stack(good) if good else None)
+
+    def infer(read_chunk: Future):
+        decoded, batch = read_chunk.result()
+        return decoded, (extractor.run(batch) if batch is not None else {})
 
     chunks = [images[start : start + args.batch_size] for start in range(0, len(images), args.batch_size)]
-    # Chunk k + 1 is read, decoded and run on a second thread while this one turns the
-    # outputs of chunk k into records; ONNX Runtime and Pillow release the GIL meanwhile.
-    with ThreadPoolExecutor(max_workers=min(4, usable_cpus())) as pool, ThreadPoolExecutor(max_workers=1) as runner:
-        pending = runner.submit(infer, chunks[0]) if chunks else None
+    # Three stages run at once: one thread reads and decodes the next chunks, a second runs
+    # the model on them, and this one turns the outputs of chunk k into records. Pillow's
+    # decoder and ONNX Runtime release the GIL while they work.
+    with ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=1) as runner:
+        ahead: deque[Future] = deque()
+
+        def submit(number: int) -> None:
+            if number < len(chunks):
+                ahead.append(runner.submit(infer, reader.submit(read, chunks[number])))
+
+        for number in range(READ_AHEAD):
+            submit(number)
         for number, chunk in enumerate(chunks):
-            decoded, outputs = pending.result()
-            if number + 1 < len(chunks):
-                pending = runner.submit(infer, chunks[number + 1])
+            decoded, outputs = ahead.popleft().result()
+            submit(number + READ_AHEAD)
             good = [(image, array) for image, array in zip(chunk, decoded) if not isinstance(array, Exception)]
             sizes = [(array.shape[1], array.shape[0]) for _, array in good]
             names = [image for image, _ in good]
@@ -391,7 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="ONNX Runtime threads for in-process runs (default: the CPUs this process may use)",
+        help="ONNX Runtime threads for in-process runs (default: one fewer than the CPUs this process may use,"
+        " at least 1, leaving a core to decode files and write records)",
     )
     parser.add_argument(
         "--batch-size", type=int, default=32, metavar="N", help="images per ONNX Runtime call in process (default: 32)"

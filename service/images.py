@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
+import stat
 import threading
 import warnings
 from pathlib import Path
@@ -82,11 +84,17 @@ def load_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXE
         stream: io.BytesIO | Path = io.BytesIO(source)
     else:
         stream = Path(source)
-        if stream.is_dir():
+        try:
+            info = os.stat(stream)
+        except FileNotFoundError:
+            raise ImageError(f"{label}: file not found") from None
+        except OSError as error:
+            raise ImageError(f"{label}: cannot read file: {error.strerror or error}") from None
+        if stat.S_ISDIR(info.st_mode):
             raise ImageError(f"{label}: is a directory, not an image file")
-        if not stream.is_file():
-            raise ImageError(f"{label}: file not found")
-        if stream.stat().st_size == 0:
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageError(f"{label}: not a regular file")
+        if info.st_size == 0:
             raise ImageError(f"{label}: empty file")
     try:
         with _open(stream, label) as image:
@@ -99,6 +107,10 @@ def load_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXE
                 image.seek(0)
             sixteen_bit = _stores_sixteen_bit(image)
             image.load()
+            if _plain_rgb(image):
+                # The common case, such as the PNG files the built-in worlds write: one copy
+                # out of Pillow and nothing to convert.
+                return np.array(image, dtype=np.uint8)
             return to_rgb(image, label, sixteen_bit=sixteen_bit)
     except ImageError:
         raise
@@ -119,6 +131,22 @@ def _open(stream: io.BytesIO | Path, label: str) -> Image.Image:
         if not issubclass(warning.category, Image.DecompressionBombWarning):
             log.warning("%s: %s", label, str(warning.message).strip())
     return image
+
+
+def _plain_rgb(image: Image.Image) -> bool:
+    """Tell whether a loaded PNG or JPEG is already the array: RGB, opaque, one frame, no EXIF.
+
+    Both readers keep an EXIF block in `info` once the image is loaded (a PNG may store it
+    after the pixel data), so without one there is no orientation to apply.
+    """
+    return (
+        image.format in ("PNG", "JPEG")
+        and image.mode == "RGB"
+        and "exif" not in image.info
+        and "Raw profile type exif" not in image.info
+        and "transparency" not in image.info
+        and getattr(image, "n_frames", 1) == 1
+    )
 
 
 def _bomb_error(label: str, error: Image.DecompressionBombError, max_pixels: int) -> PixelLimitError:

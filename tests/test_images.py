@@ -201,6 +201,23 @@ def test_exif_orientation_restores_upright_pixels(orientation):
     assert np.array_equal(rgb, upright)
 
 
+def test_exif_orientation_in_png_text_chunk():
+    # ImageMagick writes EXIF into PNG files as a "Raw profile type exif" text chunk of hex digits.
+    from PIL import PngImagePlugin
+
+    upright = np.asarray(_scene())
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    raw = b"Exif\x00\x00" + exif.tobytes()
+    chunk = PngImagePlugin.PngInfo()
+    chunk.add_text("Raw profile type exif", f"\nexif\n{len(raw)}\n{raw.hex()}", zip=True)
+    stored = Image.fromarray(np.ascontiguousarray(STORED_FOR_ORIENTATION[6](upright)))
+
+    rgb = load_image(_encode(stored, pnginfo=chunk))
+
+    assert np.array_equal(rgb, upright)
+
+
 def test_exif_orientation_in_jpeg():
     upright = np.zeros((16, 32, 3), dtype=np.uint8)
     upright[:, :16] = (255, 0, 0)
