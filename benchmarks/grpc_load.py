@@ -19,7 +19,11 @@ Comparisons, all measured in this run:
 - throughput at CLIENTS clients with micro-batching on against a server with
   `--max-batch-size 1`;
 - the server's peak resident memory (VmHWM) after the CLIENTS-client load against its
-  resident memory once the model is loaded and before any request.
+  resident memory once the model is loaded and before any request;
+- the floor: `grpc.health.v1.Health/Check`, a call that does no work, at CLIENTS in flight
+  and from one client, and two bounds derived from it. When the cores are the limit, no
+  server serves more images/s than cores / (CPU per image in process + CPU per empty call),
+  and no sequential call returns sooner than the in-process latency plus an empty call's.
 """
 
 from __future__ import annotations
@@ -284,11 +288,17 @@ def single_client_latencies(server: ServerProcess, payloads: list[bytes], count:
     return times
 
 
-def health_floor(server: ServerProcess, calls: int, seconds: float) -> tuple[float, float]:
-    """Measure the cost of a call that does no work: Health/Check calls/s at `CLIENTS` in flight, and single-client p50 in s.
+@dataclass
+class Floor:
+    """The cost of a call that does no work, which every Extract call pays too."""
 
-    Every Extract call pays at least this, so it bounds what the served numbers can reach.
-    """
+    calls_per_s: float  # Health/Check at CLIENTS in flight
+    single_p50_s: float  # sequential calls from one client
+    cpu_s_per_call: float  # server plus client CPU time per call at CLIENTS in flight
+
+
+def health_floor(server: ServerProcess, calls: int, seconds: float) -> Floor:
+    """Measure Health/Check: calls/s and CPU per call at `CLIENTS` in flight, and the single-client p50."""
     import grpc
     from grpc_health.v1 import health_pb2
 
@@ -303,8 +313,14 @@ def health_floor(server: ServerProcess, calls: int, seconds: float) -> tuple[flo
             method(payload, timeout=30)
             times.append(time.perf_counter() - start)
         closed_loop(method, [payload], CLIENTS, min(seconds, 1.0))
+        server_cpu = server.cpu_seconds()
         load = closed_loop(method, [payload], CLIENTS, seconds)
-    return load.completed / load.seconds, percentile(times, 50)
+        server_cpu = server.cpu_seconds() - server_cpu
+    return Floor(
+        calls_per_s=load.completed / load.seconds,
+        single_p50_s=percentile(times, 50),
+        cpu_s_per_call=(server_cpu + load.client_cpu_seconds) / load.completed,
+    )
 
 
 def check_response(server: ServerProcess, image: bytes) -> int:
@@ -328,6 +344,20 @@ def inprocess_batched(extractor, images: list[bytes], batch_size: int, repeats: 
             extractor.extract([load_image(data) for data in chunk], [str(i) for i in range(len(chunk))])
 
     return len(images) / best_of(one_pass, repeats=repeats)
+
+
+def inprocess_cpu_per_image(extractor, images: list[bytes], batch_size: int, repeats: int) -> float:
+    """Return the least CPU time (all threads of this process) per image of decoding and extracting in batches."""
+    from service.images import load_image
+
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.process_time()
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            extractor.extract([load_image(data) for data in chunk], [str(i) for i in range(len(chunk))])
+        best = min(best, (time.process_time() - started) / len(images))
+    return best
 
 
 def inprocess_single_latencies(extractor, images: list[bytes], count: int) -> list[float]:
@@ -369,6 +399,11 @@ def run(args) -> Section:
     # In-process numbers are taken before and after the servers run and the better one is
     # kept, so that a slow spell during either does not favour the served numbers.
     batched_before, single_before = inprocess()
+    # The CPU an image needs, measured with the server's ONNX Runtime settings: idle threads
+    # sleep, so the time is work and not busy-waiting.
+    sleeping = Extractor.load(args.model, provider="cpu", threads=threads, spin=False)
+    image_cpu = inprocess_cpu_per_image(sleeping, images, BATCH_SIZE, inprocess_repeats)
+    del sleeping
 
     server = start_server(args.model)
     try:
@@ -377,7 +412,7 @@ def run(args) -> Section:
         single = percentile(single_client_latencies(server, payloads, latency_calls), 50)
         batched_load = measure_throughput(server, payloads, seconds=window_s, repeats=repeats)
         loaded = server.memory_kib()
-        floor_rate, floor_single = health_floor(server, latency_calls, window_s)
+        floor = health_floor(server, latency_calls, window_s)
     finally:
         server.stop()
 
@@ -392,6 +427,10 @@ def run(args) -> Section:
     batched_after, single_after = inprocess()
     inprocess_rate = max(batched_before, batched_after)
     inprocess_single = min(single_before, single_after)
+    # No server can do better than the in-process work plus the empty call: in CPU time per
+    # image when the cores are the limit, and in latency for one call after another.
+    throughput_bound = threads / (image_cpu + floor.cpu_s_per_call)
+    latency_bound = inprocess_single + floor.single_p50_s
 
     section = Section("grpc")
     section.comparisons = [
@@ -421,13 +460,24 @@ def run(args) -> Section:
         ),
         Comparison(
             f"gRPC floor: Health/Check calls/s at {CLIENTS} in flight vs in-process images/s",
-            floor_rate / inprocess_rate,
-            f"{floor_rate:.0f} calls/s vs {inprocess_rate:.0f} images/s",
+            floor.calls_per_s / inprocess_rate,
+            f"{floor.calls_per_s:.0f} calls/s vs {inprocess_rate:.0f} images/s",
         ),
         Comparison(
             "gRPC floor: single-client Health/Check p50 vs in-process single-image latency",
-            floor_single / inprocess_single,
-            f"{floor_single * 1e3:.2f} vs {inprocess_single * 1e3:.2f} ms",
+            floor.single_p50_s / inprocess_single,
+            f"{floor.single_p50_s * 1e3:.2f} vs {inprocess_single * 1e3:.2f} ms",
+        ),
+        Comparison(
+            f"bound on the {CLIENTS}-client ratio: {threads} cores / (CPU per image in process + CPU per Health/Check call)",
+            throughput_bound / inprocess_rate,
+            f"{threads} / ({image_cpu * 1e3:.3f} + {floor.cpu_s_per_call * 1e3:.3f} ms) = {throughput_bound:.0f}"
+            f" vs {inprocess_rate:.0f} images/s",
+        ),
+        Comparison(
+            "bound on the single-client p50 ratio: (in-process latency + Health/Check p50) / in-process latency",
+            latency_bound / inprocess_single,
+            f"{latency_bound * 1e3:.2f} vs {inprocess_single * 1e3:.2f} ms",
         ),
         Comparison(
             f"server peak RSS (VmHWM) under {CLIENTS}-client load vs RSS after model load",
@@ -456,8 +506,10 @@ def run(args) -> Section:
         "grpc_unbatched_server_cpu_ms_per_image": round(
             1e3 * unbatched_load.server_cpu_seconds / unbatched_load.completed, 3
         ),
-        "health_check_calls_per_s": round(floor_rate, 1),
-        "health_check_single_client_p50_ms": round(floor_single * 1e3, 3),
+        "health_check_calls_per_s": round(floor.calls_per_s, 1),
+        "health_check_single_client_p50_ms": round(floor.single_p50_s * 1e3, 3),
+        "health_check_cpu_ms_per_call": round(floor.cpu_s_per_call * 1e3, 4),
+        "inprocess_cpu_ms_per_image": round(image_cpu * 1e3, 4),
         "server_rss_after_load_model_mib": round(idle["VmRSS"] / 1024, 1),
         "server_peak_rss_mib": round(loaded["VmHWM"] / 1024, 1),
         "server_rss_after_load_mib": round(loaded["VmRSS"] / 1024, 1),

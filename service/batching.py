@@ -6,6 +6,11 @@ decoded fails only its caller. One thread collects waiting requests until the ba
 ones whose deadline has passed or whose caller has cancelled, and runs the rest together.
 A second thread turns each batch's outputs into extractions and resolves the futures, so
 that Python work overlaps the next ONNX Runtime call, which releases the GIL.
+
+With a batch delay of 0, a unary request that finds no batch running and none waiting
+runs at once on its caller's thread. A lone request then skips the handoffs to the two
+threads and back; under load the model is rarely idle, so requests still gather into
+batches.
 """
 
 from __future__ import annotations
@@ -84,6 +89,9 @@ class MicroBatcher:
         self._stats = BatchStats()
         self._lock = threading.Lock()
         self._closed = False
+        # Held while a batch runs on the model; a request that finds it free and the queue
+        # empty runs on its own thread.
+        self._model = threading.Lock()
         # At most one batch waits for decoding while the next one runs, which bounds memory.
         self._decoded: queue.Queue = queue.Queue(maxsize=1)
         self._decoder = threading.Thread(target=self._decode_loop, name="micro-batcher-decode", daemon=True)
@@ -91,12 +99,17 @@ class MicroBatcher:
         self._thread = threading.Thread(target=self._loop, name="micro-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, image: np.ndarray, name: str, deadline: float | None = None) -> Future:
+    def submit(self, image: np.ndarray, name: str, deadline: float | None = None, *, inline: bool = False) -> Future:
         """Queue one decoded RGB uint8 image; the future resolves to its `Extraction`.
 
         `deadline` is a `time.monotonic()` value. The future raises DeadlineExpired when
         the deadline passes before the batch runs, and BatcherClosed after `close`.
         Cancelling the future before its batch runs drops the image.
+
+        With `inline` and a batch delay of 0, an image that finds no batch running and
+        none waiting runs on this thread before `submit` returns. A caller that submits
+        many images in a row, such as the reader of a stream, leaves it off, because its
+        images would then run one at a time.
         """
         pending = _Pending(
             image=self.extractor.prepare(image),
@@ -104,6 +117,16 @@ class MicroBatcher:
             name=name,
             deadline=deadline,
         )
+        if inline and self.max_batch_delay == 0 and self._model.acquire(blocking=False):
+            try:
+                if self._queue.empty():
+                    with self._lock:
+                        if self._closed:
+                            raise BatcherClosed("the server is shutting down")
+                    self._run_inline(pending)
+                    return pending.future
+            finally:
+                self._model.release()
         with self._lock:
             if self._closed:
                 raise BatcherClosed("the server is shutting down")
@@ -184,16 +207,30 @@ class MicroBatcher:
         live = self._admit(batch)
         if not live:
             return
+        with self._model:
+            outputs = self._run_model(live)
+        if outputs is not None:
+            self._decoded.put((live, outputs))
+
+    def _run_model(self, live: list[_Pending]) -> dict[str, np.ndarray] | None:
+        """Run one batch and count it; on failure, fail its requests and return None. The caller holds `_model`."""
         try:
             outputs = self.extractor.run(np.stack([item.image for item in live]))  # [n, H, W, 3] in
         except Exception as error:
             self._fail_batch(live, error)
-            return
+            return None
         with self._lock:
             self._stats.batches += 1
             self._stats.images += len(live)
             self._stats.largest_batch = max(self._stats.largest_batch, len(live))
-        self._decoded.put((live, outputs))
+        return outputs
+
+    def _run_inline(self, pending: _Pending) -> None:
+        """Run one request on the caller's thread, which holds `_model`, and resolve its future."""
+        live = self._admit([pending])
+        outputs = self._run_model(live) if live else None
+        if outputs is not None:
+            self._resolve(live, outputs)
 
     def _fail_batch(self, live: list[_Pending], error: Exception) -> None:
         log.error(
@@ -210,13 +247,15 @@ class MicroBatcher:
             entry = self._decoded.get()
             if entry is _STOP:
                 return
-            live, outputs = entry
-            try:
-                results: list[Extraction] = self.extractor.decode(
-                    outputs, [item.size for item in live], [item.name for item in live]
-                )
-            except Exception as error:
-                self._fail_batch(live, error)
-                continue
-            for item, result in zip(live, results):
-                item.future.set_result(result)
+            self._resolve(*entry)
+
+    def _resolve(self, live: list[_Pending], outputs: dict[str, np.ndarray]) -> None:
+        try:
+            results: list[Extraction] = self.extractor.decode(
+                outputs, [item.size for item in live], [item.name for item in live]
+            )
+        except Exception as error:
+            self._fail_batch(live, error)
+            return
+        for item, result in zip(live, results):
+            item.future.set_result(result)

@@ -188,12 +188,15 @@ class SymbolsServicer(pb_grpc.SymbolsServicer):
             raise RequestFailed(grpc.StatusCode.INVALID_ARGUMENT, f"{image_id}: cannot decode image: {error}") from None
 
     def _submit(
-        self, model: _Model, data: bytes, image_id: str, deadline: float | None, context=None
+        self, model: _Model, data: bytes, image_id: str, deadline: float | None, context=None, *, inline: bool = False
     ) -> futures.Future:
-        """Decode an image and queue it for a batch; with `context`, the RPC's end cancels it."""
+        """Decode an image and queue it for a batch; with `context`, the RPC's end cancels it.
+
+        `inline` lets a lone image run on this thread when the model is idle (see `MicroBatcher.submit`).
+        """
         image = self._decode(data, image_id)
         try:
-            future = model.batcher.submit(image, image_id, deadline)
+            future = model.batcher.submit(image, image_id, deadline, inline=inline)
         except BatcherClosed:
             raise RequestFailed(
                 grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another replica"
@@ -248,7 +251,7 @@ class SymbolsServicer(pb_grpc.SymbolsServicer):
         try:
             model = self._ready()
             deadline = _deadline(context)
-            future = self._submit(model, request.image, request_id, deadline, context)
+            future = self._submit(model, request.image, request_id, deadline, context, inline=True)
             extraction = self._wait(future, request_id, deadline)
             response = pb.ExtractResponse(id=request_id, extraction=self._extraction_message(extraction))
         except RequestFailed as failure:
@@ -393,8 +396,9 @@ class SymbolsServicer(pb_grpc.SymbolsServicer):
         self._reasoning_call(functools.partial(check_program, request.program, max_bytes=limits.program_bytes))
 
         ids = [image.id or str(index) for index, image in enumerate(request.images)]
+        # Only a single image may run on this thread; several share a batch instead.
         pending = [
-            self._submit(model, image.image, image_id, deadline, context)
+            self._submit(model, image.image, image_id, deadline, context, inline=len(ids) == 1)
             for image, image_id in zip(request.images, ids)
         ]
         extractions = [self._wait(future, image_id, deadline) for future, image_id in zip(pending, ids)]

@@ -46,7 +46,7 @@ def test_grpc_section_quick(tmp_path):
     assert section["run"]["quick"] is True
 
     comparisons = {c["name"]: c for c in section["comparisons"]}
-    assert len(comparisons) == 7
+    assert len(comparisons) == 9
     targets = sorted((c["target"], c["direction"]) for c in section["comparisons"] if c["target"] is not None)
     assert targets == [(0.8, "min"), (1.3, "max")]
     for comparison in section["comparisons"]:
@@ -66,11 +66,17 @@ def test_grpc_section_quick(tmp_path):
         "grpc_batched_client_cpu_ms_per_image",
         "server_rss_after_load_model_mib",
         "server_peak_rss_mib",
+        "health_check_cpu_ms_per_call",
+        "inprocess_cpu_ms_per_image",
     ):
         assert_positive_finite(key, measurements[key])
     assert measurements["clients"] == 16
     assert measurements["objects_in_check_image"] > 0
     assert measurements["server_peak_rss_mib"] >= measurements["server_rss_after_load_model_mib"]
+    # The latency bound adds the empty call to the in-process latency.
+    floor = comparisons["gRPC floor: single-client Health/Check p50 vs in-process single-image latency"]["ratio"]
+    bound = next(c["ratio"] for name, c in comparisons.items() if name.startswith("bound on the single-client"))
+    assert bound == pytest.approx(1 + floor)
     # --no-page leaves the page alone.
     assert (page.read_text() if page.exists() else None) == page_before
 

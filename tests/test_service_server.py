@@ -431,6 +431,59 @@ def test_concurrent_clients_get_own_results(extractor, pool):
     assert stats.largest_batch > 1
 
 
+def test_lone_request_runs_on_its_callers_thread(extractor):
+    from service.batching import MicroBatcher
+
+    image = scenes(1, seed=17)[0]
+    batcher = MicroBatcher(extractor, max_batch_size=16, max_batch_delay_ms=0.0)
+    try:
+        future = batcher.submit(image, "lone", inline=True)
+        # Resolved before submit returned: nothing was running or waiting, so no thread handoff.
+        assert future.done()
+        assert_same_objects(future.result(), extractor.extract([image])[0])
+        stats = batcher.stats()
+        assert (stats.batches, stats.images) == (1, 1)
+    finally:
+        batcher.close(5)
+
+
+def test_requests_arriving_while_the_model_runs_share_a_batch(extractor):
+    from service.batching import MicroBatcher
+
+    images = scenes(6, seed=18)
+    batcher = MicroBatcher(extractor, max_batch_size=16, max_batch_delay_ms=0.0)
+    try:
+        # Holding the model's lock stands for a batch in progress: new requests must queue.
+        with batcher._model:
+            futures = [batcher.submit(image, f"queued-{index}", inline=True) for index, image in enumerate(images)]
+            assert not any(future.done() for future in futures)
+        results = [future.result(timeout=20) for future in futures]
+        stats = batcher.stats()
+    finally:
+        batcher.close(5)
+    for result, local in zip(results, extractor.extract(list(images))):
+        assert_same_objects(result, local)
+    assert stats.images == 6
+    assert stats.largest_batch > 1
+
+
+def test_images_submitted_in_a_row_share_batches_without_inline(extractor):
+    from service.batching import MicroBatcher
+
+    images = scenes(32, seed=19)
+    batcher = MicroBatcher(extractor, max_batch_size=16, max_batch_delay_ms=0.0)
+    try:
+        # The reader of an ExtractStream submits like this; its images must not run one by one.
+        futures = [batcher.submit(image, f"streamed-{index}") for index, image in enumerate(images)]
+        for future in futures:
+            future.result(timeout=20)
+        stats = batcher.stats()
+    finally:
+        batcher.close(5)
+    assert stats.images == 32
+    assert stats.batches < 32
+
+
 # --------------------------------------------------------------------------- health and reflection
 
 
