@@ -36,6 +36,10 @@ class UsageError(Exception):
     """A command-line value that cannot be used; printed as one line."""
 
 
+class ImageFailure(Exception):
+    """One image that cannot be read or decoded; the command reports it and goes on to the next."""
+
+
 @dataclass
 class Source:
     """One piece of the user program and the first line it occupies in the combined text."""
@@ -188,43 +192,53 @@ class _Perception:
             self.service_error = ServiceError
             return
         try:
-            from service.images import PixelLimitError, load_image
+            from service.images import ImageError, PixelLimitError, load_image
             from service.inference import Extractor
         except ImportError as error:
             raise UsageError(f"in-process decoding is not available: {error}; use --server HOST:PORT") from None
         self.load_image = load_image
         self.pixel_limit_error = PixelLimitError
+        self.image_error = ImageError
         options = {}
         if args.alternatives and "top_k" in inspect.signature(Extractor.load).parameters:
             options["top_k"] = args.alternatives
         self.extractor = Extractor.load(args.model, **options)
 
     def extract(self, path: Path) -> Extraction:
+        """Decode one image; raises ImageFailure for a problem with this image alone."""
         if self.server:
             try:
                 data = path.read_bytes()
             except OSError as error:
-                raise UsageError(f"{path}: cannot read image: {error}") from None
+                raise ImageFailure(f"{path}: cannot read image: {error.strerror or error}") from None
             try:
                 return self.client.extract(data, str(path))
             except self.service_error as error:
-                raise UsageError(_server_failure(self.server, error)) from None
+                raise _server_failure(self.server, error) from None
         try:
             image = self.load_image(path, max_pixels=self.max_pixels)
         except self.pixel_limit_error as error:
-            raise UsageError(f"{error} (--max-pixels)") from None
+            raise ImageFailure(f"{error} (--max-pixels)") from None
+        except self.image_error as error:
+            raise ImageFailure(str(error)) from None
         return self.extractor.extract([image], [str(path)])[0]
 
 
-def _server_failure(address: str, error) -> str:
-    """Word a failed Extract call as one line that names the server."""
+def _server_failure(address: str, error) -> Exception:
+    """Word a failed Extract call as one line that names the server.
+
+    The server rejects a bad image with INVALID_ARGUMENT, or RESOURCE_EXHAUSTED over its
+    pixel or message limit: those fail that image alone. Any other status stops the run.
+    """
     import grpc
 
+    if error.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
+        return ImageFailure(f"server {address}: {error.details}")
     if error.code == grpc.StatusCode.UNAVAILABLE:
         # gRPC's text ends with the socket error, for example "Connection refused".
         reason = error.details.rsplit(": ", 1)[-1].strip()
-        return f"cannot reach server {address}: {reason}; check that python -m service runs there"
-    return f"server {address}: {error.details}"
+        return UsageError(f"cannot reach server {address}: {reason}; check that python -m service runs there")
+    return UsageError(f"server {address}: {error.details}")
 
 
 def _answer_json(answer: Answer | None) -> dict | None:
@@ -285,9 +299,17 @@ def run(args: argparse.Namespace, out=sys.stdout) -> int:
     perception = _Perception(args)
     pool = ReasoningPool(limits) if reasoning else None
     documents = []
+    failed = 0
     try:
         for path in images:
-            extraction = perception.extract(path)
+            try:
+                extraction = perception.extract(path)
+            except ImageFailure as failure:
+                failed += 1
+                print(f"error: {_one_line(failure)}", file=sys.stderr)
+                if args.json:
+                    documents.append({"image": str(path), "error": _one_line(failure)})
+                continue
             facts = extraction_facts(
                 extraction, alternatives=args.alternatives, uncertain_below=args.uncertain_below
             )
@@ -326,7 +348,9 @@ def run(args: argparse.Namespace, out=sys.stdout) -> int:
         json.dump({"images": documents}, out, indent=2)
         out.write("\n")
     out.flush()
-    return 0
+    if failed and len(images) > 1:
+        print(f"{failed} of {len(images)} images failed", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:

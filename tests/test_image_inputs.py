@@ -228,6 +228,30 @@ def test_query_cli_pixel_limit_is_one_line(variants):
     assert result.stderr.splitlines() == [f"error: {path}: 75 x 75 = 5625 pixels exceeds the limit of 5000 (--max-pixels)"]
 
 
+@pytest.mark.parametrize("where", ["in-process", "server"])
+def test_query_cli_goes_on_after_a_bad_image(where, variants, expected, scene, address, tmp_path):
+    good = variants["plain.png"]
+    text = tmp_path / "notes.png"
+    text.write_text("a text file with an image suffix")
+    large = tmp_path / "large.png"
+    Image.fromarray(scene).resize((200, 200)).save(large)
+    source = ["--server", address] if where == "server" else ["--model", str(MODEL), "--max-pixels", "30000"]
+
+    result = run_module("reasoning.query", str(good), str(text), str(large), str(good), *source, "--facts-only", "--json")
+
+    assert result.returncode == 1
+    prefix = f"server {address}: " if where == "server" else ""
+    unreadable = f"{prefix}{text}: not a recognised image format, or its header is invalid"
+    too_large = f"{prefix}{large}: 200 x 200 = 40000 pixels exceeds the limit of 30000 (--max-pixels)"
+    assert result.stderr.splitlines() == [f"error: {unreadable}", f"error: {too_large}", "2 of 4 images failed"]
+    documents = json.loads(result.stdout)["images"]
+    assert documents[1] == {"image": str(text), "error": unreadable}
+    assert documents[2] == {"image": str(large), "error": too_large}
+    for document in (documents[0], documents[3]):
+        facts = "".join(f"{fact}.\n" for fact in document["facts"])
+        assert without_confidences(facts) == expected
+
+
 def test_batch_pixel_limit_is_a_record(variants, tmp_path, capsys):
     out = tmp_path / "facts.jsonl"
     small, large = variants["plain.png"], variants["nearest150.png"]
