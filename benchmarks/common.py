@@ -7,7 +7,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Literal
 
-__all__ = ["Comparison", "Section", "best_of", "best_of_interleaved", "percentile"]
+__all__ = ["Comparison", "Section", "best_of", "best_of_interleaved", "least_cpu", "percentile"]
 
 
 @dataclass
@@ -79,6 +79,18 @@ def best_of_interleaved(functions: dict[str, Callable[[], object]], *, repeats: 
             start = time.perf_counter()
             function()
             best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def least_cpu(function: Callable[[], object], *, repeats: int = 5, warmup: int = 1) -> float:
+    """Return the least CPU time of this process (all its threads) over `repeats` calls of `function`, in seconds."""
+    for _ in range(warmup):
+        function()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.process_time()
+        function()
+        best = min(best, time.process_time() - start)
     return best
 
 

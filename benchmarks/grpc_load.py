@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import Comparison, Section, best_of, percentile
+from .common import Comparison, Section, best_of, least_cpu, percentile
 
 __all__ = ["CLIENTS", "ServerProcess", "closed_loop", "encoded_scenes", "run", "start_server"]
 
@@ -346,18 +346,20 @@ def inprocess_batched(extractor, images: list[bytes], batch_size: int, repeats: 
     return len(images) / best_of(one_pass, repeats=repeats)
 
 
-def inprocess_cpu_per_image(extractor, images: list[bytes], batch_size: int, repeats: int) -> float:
-    """Return the least CPU time (all threads of this process) per image of decoding and extracting in batches."""
+def inprocess_cpu_per_image(extractor, images: list[bytes], batch_size: int, repeats: int, passes: int = 4) -> float:
+    """Return the least CPU time (all threads of this process) per image of decoding and extracting in batches.
+
+    Each of the `repeats` measurements goes `passes` times over the images.
+    """
     from service.images import load_image
 
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.process_time()
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
-            extractor.extract([load_image(data) for data in chunk], [str(i) for i in range(len(chunk))])
-        best = min(best, (time.process_time() - started) / len(images))
-    return best
+    def run() -> None:
+        for _ in range(passes):
+            for start in range(0, len(images), batch_size):
+                chunk = images[start : start + batch_size]
+                extractor.extract([load_image(data) for data in chunk], [str(i) for i in range(len(chunk))])
+
+    return least_cpu(run, repeats=repeats) / (passes * len(images))
 
 
 def inprocess_single_latencies(extractor, images: list[bytes], count: int) -> list[float]:

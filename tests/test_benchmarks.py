@@ -79,6 +79,16 @@ def test_inference_counts_encoder_flops(quick_results):
     assert measurements["sgemm_gflops"] > 0
 
 
+def test_batch_bound_adds_the_stage_cpu_times(quick_results):
+    section = quick_results["batch"]
+    measurements = section["measurements"]
+    stages = [measurements[f"{stage}_cpu_ms_per_image"] for stage in ("decode", "model", "records")]
+    assert all(value > 0 for value in stages), measurements
+    bound = next(c for c in section["comparisons"] if c["name"].startswith("bound on the efficiency"))
+    least_marginal = sum(stages) / measurements["raw_threads"]
+    assert bound["ratio"] == pytest.approx(measurements["raw_ms_per_image"] / least_marginal, rel=1e-2)
+
+
 def test_reasoning_notes_rendered_scenes(quick_results):
     section = quick_results["reasoning"]
     assert section["measurements"]["source"] == "rendered scenes"
