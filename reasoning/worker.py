@@ -48,11 +48,18 @@ def _memory_message(job: Job) -> str:
 
 def serve(connection: Connection) -> None:
     """Serve jobs over `connection` until it closes or sends None."""
-    connection.send(("ready", os.getpid()))
+    # A parent that exits or is killed closes the pipe: recv then raises EOFError, or
+    # ConnectionResetError when the parent left a reply unread, and send raises
+    # BrokenPipeError. The worker then has no one to answer and ends quietly.
+    gone = (EOFError, ConnectionResetError, BrokenPipeError)
+    try:
+        connection.send(("ready", os.getpid()))
+    except gone:
+        return
     while True:
         try:
             job = connection.recv()
-        except EOFError:
+        except gone:
             return
         if job is None:
             return
@@ -79,6 +86,9 @@ def serve(connection: Connection) -> None:
         except Exception as error:  # noqa: BLE001 - the parent turns this into one error line
             reply = ("error", f"{type(error).__name__}: {error}")
 
-        connection.send(reply)
+        try:
+            connection.send(reply)
+        except gone:
+            return
         if stop:
             return

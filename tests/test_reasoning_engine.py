@@ -418,3 +418,23 @@ def test_killed_worker_fails_only_its_job():
         stop.set()
         thread.join(30)
         shared.close()
+
+
+def test_worker_ends_quietly_when_its_parent_goes(capfd):
+    import multiprocessing
+
+    from reasoning.worker import serve
+
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    worker = context.Process(target=serve, args=(child,), daemon=True)
+    worker.start()
+    child.close()
+    # Closing with the worker's ready message still unread resets the connection, as the
+    # kernel does for a parent killed by SIGKILL.
+    assert parent.poll(30)
+    parent.close()
+    worker.join(30)
+
+    assert worker.exitcode == 0
+    assert "Traceback" not in capfd.readouterr().err
