@@ -111,11 +111,22 @@ class _Worker:
     def pid(self) -> int | None:
         return self.process.pid
 
-    def wait_ready(self) -> None:
+    def wait_ready(self, deadline: float | None = None, cancelled: threading.Event | None = None) -> None:
+        """Wait for the worker's ready message; raise JobStopped when the deadline passes or `cancelled` is set first."""
         if self.ready:
             return
-        if not self.connection.poll(STARTUP_SECONDS):
-            raise ReasoningError(f"reasoning worker did not start within {STARTUP_SECONDS:.0f} s")
+        started = time.monotonic()
+        while not self.connection.poll(POLL_SECONDS):
+            now = time.monotonic()
+            if now - started >= STARTUP_SECONDS:
+                raise ReasoningError(f"reasoning worker did not start within {STARTUP_SECONDS:.0f} s")
+            if cancelled is not None and cancelled.is_set() and not _deadline_near(deadline):
+                raise JobStopped("job cancelled while its reasoning worker was starting", reason="cancelled")
+            if deadline is not None and (now >= deadline or (cancelled is not None and cancelled.is_set())):
+                raise JobStopped(
+                    f"deadline passed after waiting {now - started:.1f} s for a reasoning worker to start",
+                    reason="deadline",
+                )
         try:
             self.connection.recv()
         except EOFError:
@@ -329,7 +340,10 @@ class ReasoningPool:
 
         worker = self._acquire(deadline, cancelled)
         try:
-            worker.wait_ready()
+            worker.wait_ready(deadline, cancelled)
+        except JobStopped:
+            self._release(worker, replace=False)  # still starting; the next job waits for it
+            raise
         except ReasoningError:
             self._release(worker, replace=True, kill=True)
             raise

@@ -438,3 +438,14 @@ def test_worker_ends_quietly_when_its_parent_goes(capfd):
 
     assert worker.exitcode == 0
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_deadline_stops_wait_for_starting_worker():
+    # A spawned worker starts a fresh interpreter and imports clingo, which takes far longer than 20 ms.
+    with ReasoningPool(TEST_LIMITS, start_method="spawn") as shared:
+        with pytest.raises(JobStopped, match="for a reasoning worker to start") as error:
+            shared.solve(facts(), "a.", deadline=time.monotonic() + 0.02)
+
+        assert error.value.reason == "deadline"
+        # The worker was kept, and the next job waits for it to finish starting.
+        assert shared.solve(facts(), "after.").models == [["after"]]
