@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         table = export_run(args.run_dir, args.out, top_k=args.top_k)
     except (ExportError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2
     if args.card:
         from .card import write_card
 

@@ -67,12 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(args.folder)
     if not (folder / "questions.json").is_file():
         print(f"error: {folder / 'questions.json'} not found", file=sys.stderr)
-        return 1
+        return 2
     try:
         report = evaluate_objects(Extractor.load(args.model, provider="cpu"), folder)
     except (ModelError, SymbolTableError, ImageError, KeyError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2
     try:
         print(json.dumps(report, indent=1), flush=True)
     except BrokenPipeError:

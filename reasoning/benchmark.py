@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (UsageError, ReasoningError, ValueError, OSError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2
 
     try:
         if args.json:

@@ -365,12 +365,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return silence_broken_stdout()
     except (UsageError, ReasoningError, ValueError, OSError, RuntimeError) as error:
-        # ImageError, ModelError, SymbolTableError and FactsError all land here as one line.
+        # ModelError, SymbolTableError and FactsError all land here as one line.
         print(f"error: {_one_line(error)}", file=sys.stderr)
-        return 1
+        return 2
     except Exception as error:  # noqa: BLE001 - a client or library error still gets one line, no traceback
         print(f"error: {type(error).__name__}: {_one_line(error)}", file=sys.stderr)
-        return 1
+        return 2
 
 
 def _one_line(error: BaseException) -> str:

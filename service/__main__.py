@@ -35,13 +35,13 @@ def main(argv: list[str] | None = None) -> int:
         extractor = Extractor.load(settings.model, provider=settings.provider, threads=threads, spin=False)
     except (ModelError, SymbolTableError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2
     log.info("ONNX Runtime intra-op threads: %d", threads)
     try:
         server, _ = create_server(settings, extractor=extractor)
     except OSError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2
 
     stop_requested = threading.Event()
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelError, SymbolTableError) as error:
         server.stop(0)
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2
 
     # Signal handlers run on the main thread, so it waits here and stops the server itself.
     while not stop_requested.wait(1.0):

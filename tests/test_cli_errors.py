@@ -91,12 +91,12 @@ CASES = {
     ),
     "query-max-pixels-too-small": (
         ["reasoning.query", "{scene}", "--max-pixels", "0"],
-        1,
+        2,
         "error: invalid --max-pixels 0: use at least 16",
     ),
     "query-max-pixels-with-server": (
         ["reasoning.query", "{scene}", "--server", "127.0.0.1:1", "--max-pixels", "100"],
-        1,
+        2,
         "error: --max-pixels applies to in-process decoding; with --server the server's --max-pixels applies",
     ),
     "query-bad-flag-type": (
@@ -106,7 +106,7 @@ CASES = {
     ),
     "benchmark-bad-batch-size": (
         ["reasoning.benchmark", "sortofclevr", "{questions}", "--batch-size", "0"],
-        1,
+        2,
         "error: invalid --batch-size 0: use 1 or more",
     ),
     "benchmark-unknown-flag": (
@@ -116,12 +116,12 @@ CASES = {
     ),
     "evaluate-not-an-image": (
         ["export.evaluate", str(MODEL), "{questions}"],
-        1,
+        2,
         "error: {questions}/notes.png: not a recognised image format, or its header is invalid",
     ),
     "evaluate-missing-model": (
         ["export.evaluate", "{absent}", "{questions}"],
-        1,
+        2,
         "error: {absent}: model file not found",
     ),
     "export-bad-top-k": (
@@ -179,7 +179,7 @@ def test_query_unreachable_server_names_address(files):
 
     result = run_module("reasoning.query", str(files["scene"]), "--server", f"127.0.0.1:{port}", "--facts-only")
 
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.splitlines() == [
         f"error: cannot reach server 127.0.0.1:{port}: Connection refused; check that python -m service runs there"
     ]

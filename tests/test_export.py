@@ -129,7 +129,7 @@ def test_cli_reports_missing_run(tmp_path):
         text=True,
         timeout=300,
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip().startswith(f"error: {tmp_path}: missing checkpoint.pt")
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "m.onnx").exists()

@@ -34,7 +34,8 @@ def command(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 def assert_one_error_line(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert result.returncode == 1, result.stderr
+    """The command stopped (exit status 2) with one error line that contains each fragment."""
+    assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ")
@@ -135,6 +136,26 @@ def test_benchmark_table_output():
 
     assert result.returncode == 0, result.stderr
     assert "overall                1200   1200   100.00%" in result.stdout
+
+
+@needs_dev_set
+def test_benchmark_below_min_accuracy_exits_1(tmp_path):
+    questions = json.loads((DEV_SET / "questions.json").read_text())
+    first = questions["images"][0]["questions"][0]
+    assert first["question"] == "is_top"
+    first["answer"] = "no" if first["answer"] == "yes" else "yes"  # one wrong answer key of 1,200
+    (tmp_path / "questions.json").write_text(json.dumps(questions))
+    for entry in questions["images"]:
+        (tmp_path / entry["image"]).symlink_to(DEV_SET / entry["image"])
+
+    result = command(
+        "reasoning.benchmark", "sortofclevr", str(tmp_path), "--facts", "ground-truth", "--min-accuracy", "1.0"
+    )
+
+    # A missed threshold is a result, not an error: status 1, with the table on stdout.
+    assert result.returncode == 1, result.stderr
+    assert "overall                1199   1200" in result.stdout
+    assert result.stderr.splitlines() == ["error: overall accuracy 0.9992 is below --min-accuracy 1.0"]
 
 
 def test_benchmark_missing_folder(tmp_path):

@@ -127,7 +127,7 @@ def test_explicit_cuda_fails_without_gpu():
         text=True,
         timeout=60,
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ")
     assert "provider 'cuda' requested" in last
@@ -140,7 +140,7 @@ def test_bad_model_file_fails_before_listening(tmp_path):
     result = subprocess.run(
         server_command("--model", str(bogus)), cwd=ROOT, env=clean_environment(), capture_output=True, text=True, timeout=60
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"error: {bogus}: cannot load model")

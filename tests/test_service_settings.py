@@ -109,7 +109,7 @@ def test_server_rejects_bad_setting_in_one_line():
 
 def test_server_missing_model_fails_clearly(tmp_path):
     result = run_module("service", "--model", str(tmp_path / "absent.onnx"), "--port", "0")
-    assert result.returncode == 1
+    assert result.returncode == 2
     # Log lines come first; the error is the last line.
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "absent.onnx: model file not found" in result.stderr.strip().splitlines()[-1]

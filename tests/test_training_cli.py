@@ -48,5 +48,5 @@ def test_cli_rejects_unknown_world(tmp_path):
         text=True,
         timeout=120,
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip() == "error: unknown world 'nowhere': use 'sprites', 'sortofclevr', 'tiny' or a labelled folder path"

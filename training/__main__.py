@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         report = run_training(config, args.out, progress=not args.no_progress)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2
     wta = report["wta"]
     summary = {
         "out": args.out,
