@@ -186,10 +186,13 @@ class _Perception:
         if args.server:
             try:
                 from service.client import ServiceError, SymbolsClient
+                from service.images import ImageError, read_image_file
             except ImportError as error:
                 raise UsageError(f"--server is not available: {error}") from None
             self.client = SymbolsClient(args.server)
             self.service_error = ServiceError
+            self.read_image_file = read_image_file
+            self.image_error = ImageError
             return
         try:
             from service.images import ImageError, PixelLimitError, load_image
@@ -208,9 +211,9 @@ class _Perception:
         """Decode one image; raises ImageFailure for a problem with this image alone."""
         if self.server:
             try:
-                data = path.read_bytes()
-            except OSError as error:
-                raise ImageFailure(f"{path}: cannot read image: {error.strerror or error}") from None
+                data = self.read_image_file(path)
+            except self.image_error as error:
+                raise ImageFailure(str(error)) from None
             try:
                 return self.client.extract(data, str(path))
             except self.service_error as error:

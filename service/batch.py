@@ -324,6 +324,7 @@ def run_against_server(images: Sequence[str], args: argparse.Namespace) -> Itera
     """Send images over one ExtractStream; files that cannot be read or sent fail locally."""
     from ._proto import symbols_pb2 as pb
     from .client import ServiceError, SymbolsClient
+    from .images import ImageError, read_image_file
 
     client = SymbolsClient(args.server)
     try:
@@ -339,9 +340,9 @@ def run_against_server(images: Sequence[str], args: argparse.Namespace) -> Itera
     def requests() -> Iterator[tuple[str, bytes]]:
         for image in images:
             try:
-                data = Path(image).read_bytes()
-            except OSError as error:
-                local.put(Outcome(image, error=f"{image}: cannot read file: {error.strerror or error}"))
+                data = read_image_file(image)
+            except ImageError as error:
+                local.put(Outcome(image, error=str(error)))
                 continue
             # An oversized message would end the whole stream, so it fails here alone.
             size = pb.ExtractRequest(id=image, image=data).ByteSize()

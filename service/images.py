@@ -30,6 +30,7 @@ __all__ = [
     "MIN_MAX_PIXELS",
     "MIN_SIDE",
     "load_image",
+    "read_image_file",
     "to_rgb",
 ]
 
@@ -84,18 +85,7 @@ def load_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXE
         stream: io.BytesIO | Path = io.BytesIO(source)
     else:
         stream = Path(source)
-        try:
-            info = os.stat(stream)
-        except FileNotFoundError:
-            raise ImageError(f"{label}: file not found") from None
-        except OSError as error:
-            raise ImageError(f"{label}: cannot read file: {error.strerror or error}") from None
-        if stat.S_ISDIR(info.st_mode):
-            raise ImageError(f"{label}: is a directory, not an image file")
-        if not stat.S_ISREG(info.st_mode):
-            raise ImageError(f"{label}: not a regular file")
-        if info.st_size == 0:
-            raise ImageError(f"{label}: empty file")
+        _check_file(stream, label)
     try:
         with _open(stream, label) as image:
             width, height = image.size
@@ -120,6 +110,35 @@ def load_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXE
         raise ImageError(f"{label}: not a recognised image format, or its header is invalid") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageError(f"{label}: cannot decode image: {error}") from None
+
+
+def _check_file(path: Path, label: str) -> None:
+    """Raise ImageError unless `path` is a regular, non-empty file."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise ImageError(f"{label}: file not found") from None
+    except OSError as error:
+        raise ImageError(f"{label}: cannot read file: {error.strerror or error}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageError(f"{label}: is a directory, not an image file")
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageError(f"{label}: not a regular file")
+    if info.st_size == 0:
+        raise ImageError(f"{label}: empty file")
+
+
+def read_image_file(path: str | Path, *, name: str | None = None) -> bytes:
+    """Read an image file's bytes for sending elsewhere, with the file errors `load_image` gives.
+
+    Nothing is decoded: a server that receives the bytes decodes and checks them.
+    """
+    label = name or str(path)
+    _check_file(Path(path), label)
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise ImageError(f"{label}: cannot read file: {error.strerror or error}") from None
 
 
 def _open(stream: io.BytesIO | Path, label: str) -> Image.Image:

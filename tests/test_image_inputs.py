@@ -252,6 +252,28 @@ def test_query_cli_goes_on_after_a_bad_image(where, variants, expected, scene, a
         assert without_confidences(facts) == expected
 
 
+def test_file_errors_read_the_same_with_a_server(address, tmp_path, capsys):
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    folder = tmp_path / "folder.png"
+    folder.mkdir()
+    files = [tmp_path / "absent.png", empty, folder]
+    expected = [f"{files[0]}: file not found", f"{empty}: empty file", f"{folder}: is a directory, not an image file"]
+
+    for source in (["--model", str(MODEL)], ["--server", address]):
+        result = run_module("reasoning.query", *map(str, files), *source, "--facts-only")
+        assert result.returncode == 1
+        assert result.stderr.splitlines() == [*(f"error: {line}" for line in expected), "3 of 3 images failed"]
+
+    # service.batch walks a folder for images instead, so it gets the two files.
+    for source in (["--model", str(MODEL), "--threads", "1"], ["--server", address]):
+        out = tmp_path / f"records-{source[0][2:]}.jsonl"
+        assert batch.main([*map(str, files[:2]), "--out", str(out), *source, "--no-progress"]) == 1
+        capsys.readouterr()
+        found = batch_records(out)
+        assert [found[str(path)]["error"] for path in files[:2]] == expected[:2]
+
+
 def test_batch_pixel_limit_is_a_record(variants, tmp_path, capsys):
     out = tmp_path / "facts.jsonl"
     small, large = variants["plain.png"], variants["nearest150.png"]
