@@ -46,3 +46,25 @@ def test_shipped_model_meets_its_card(path):
         assert accuracy >= threshold, f"{path.name}: factor {group.factor} decodes {accuracy:.4f} < {threshold}"
     named = {group.factor for group in table.groups if group.factor is not None}
     assert named == {factor.name for factor in world.factors}, "every factor is named by some group"
+
+
+@pytest.mark.parametrize("path", MODELS, ids=[path.stem for path in MODELS])
+def test_batch_size_changes_only_confidences(path):
+    from reasoning.facts import extraction_facts
+
+    extractor = Extractor.load(path, provider="cpu", threads=1)
+    images, _ = make_world(extractor.symbol_table.world).sample(200, np.random.default_rng(5))
+    alone = [extractor.extract([image])[0] for image in images]
+    batched = [extraction for start in range(0, 200, 32) for extraction in extractor.extract(list(images[start : start + 32]))]
+
+    for single, shared in zip(alone, batched):
+        facts_single, facts_shared = extraction_facts(single), extraction_facts(shared)
+        assert len(facts_single) == len(facts_shared)
+        for fact, other in zip(facts_single, facts_shared):
+            if fact.name != "confidence":
+                assert fact == other
+                continue
+            # The float32 outputs change in their last bits with the batch, so rounding to
+            # per mille may land on the two sides of an edge: 1 apart at the most.
+            assert fact.arguments[:2] == other.arguments[:2]
+            assert abs(fact.arguments[2].number - other.arguments[2].number) <= 1
