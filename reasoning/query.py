@@ -312,6 +312,9 @@ def run(args: argparse.Namespace, out=sys.stdout) -> int:
                 print(f"error: {_one_line(failure)}", file=sys.stderr)
                 if args.json:
                     documents.append({"image": str(path), "error": _one_line(failure)})
+                else:
+                    # A comment line, so that the text output stays a valid ASP program.
+                    print(f"% error: {_one_line(failure)}", file=out)
                 continue
             facts = extraction_facts(
                 extraction, alternatives=args.alternatives, uncertain_below=args.uncertain_below

@@ -251,6 +251,10 @@ def test_query_cli_goes_on_after_a_bad_image(where, variants, expected, scene, a
         facts = "".join(f"{fact}.\n" for fact in document["facts"])
         assert without_confidences(facts) == expected
 
+    printed = run_module("reasoning.query", str(good), str(text), str(large), *source, "--facts-only")
+    comments = [line for line in printed.stdout.splitlines() if line.startswith("%")]
+    assert comments == [f"% image: {good} (75 x 75)", f"% error: {unreadable}", f"% error: {too_large}"]
+
 
 def test_file_errors_read_the_same_with_a_server(address, tmp_path, capsys):
     empty = tmp_path / "empty.png"
