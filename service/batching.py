@@ -118,15 +118,22 @@ class MicroBatcher:
             deadline=deadline,
         )
         if inline and self.max_batch_delay == 0 and self._model.acquire(blocking=False):
+            ran = None
             try:
                 if self._queue.empty():
                     with self._lock:
                         if self._closed:
                             raise BatcherClosed("the server is shutting down")
-                    self._run_inline(pending)
-                    return pending.future
+                    live = self._admit([pending])
+                    ran = (live, self._run_model(live) if live else None)
             finally:
+                # Turning outputs into an extraction needs no model, so a batch may start meanwhile.
                 self._model.release()
+            if ran is not None:
+                live, outputs = ran
+                if outputs is not None:
+                    self._resolve(live, outputs)
+                return pending.future
         with self._lock:
             if self._closed:
                 raise BatcherClosed("the server is shutting down")
@@ -224,13 +231,6 @@ class MicroBatcher:
             self._stats.images += len(live)
             self._stats.largest_batch = max(self._stats.largest_batch, len(live))
         return outputs
-
-    def _run_inline(self, pending: _Pending) -> None:
-        """Run one request on the caller's thread, which holds `_model`, and resolve its future."""
-        live = self._admit([pending])
-        outputs = self._run_model(live) if live else None
-        if outputs is not None:
-            self._resolve(live, outputs)
 
     def _fail_batch(self, live: list[_Pending], error: Exception) -> None:
         log.error(
