@@ -230,8 +230,9 @@ class _Perception:
 def _server_failure(address: str, error) -> Exception:
     """Word a failed Extract call as one line that names the server.
 
-    The server rejects a bad image with INVALID_ARGUMENT, or RESOURCE_EXHAUSTED over its
-    pixel or message limit: those fail that image alone. Any other status stops the run.
+    The server rejects a bad image with INVALID_ARGUMENT, and answers RESOURCE_EXHAUSTED
+    when the image passes its pixel or message limit or the server has too many calls at
+    once: those fail that image alone, and a rerun may succeed. Any other status stops the run.
     """
     import grpc
 
