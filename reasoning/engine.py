@@ -89,6 +89,18 @@ def _deadline_near(deadline: float | None) -> bool:
     return deadline is not None and time.monotonic() >= deadline - DEADLINE_MARGIN_SECONDS
 
 
+def _stop_reason(deadline: float | None, cancelled: threading.Event | None) -> str | None:
+    """Return why a job that waits for a worker must stop: "cancelled", "deadline" or None.
+
+    A cancellation within the margin of the deadline counts as the deadline.
+    """
+    if cancelled is not None and cancelled.is_set():
+        return "deadline" if _deadline_near(deadline) else "cancelled"
+    if deadline is not None and time.monotonic() >= deadline:
+        return "deadline"
+    return None
+
+
 def _signal_name(number: int) -> str:
     try:
         return signal.Signals(number).name
@@ -117,15 +129,15 @@ class _Worker:
             return
         started = time.monotonic()
         while not self.connection.poll(POLL_SECONDS):
-            now = time.monotonic()
-            if now - started >= STARTUP_SECONDS:
+            waited = time.monotonic() - started
+            if waited >= STARTUP_SECONDS:
                 raise ReasoningError(f"reasoning worker did not start within {STARTUP_SECONDS:.0f} s")
-            if cancelled is not None and cancelled.is_set() and not _deadline_near(deadline):
-                raise JobStopped("job cancelled while its reasoning worker was starting", reason="cancelled")
-            if deadline is not None and (now >= deadline or (cancelled is not None and cancelled.is_set())):
+            reason = _stop_reason(deadline, cancelled)
+            if reason == "cancelled":
+                raise JobStopped("job cancelled while its reasoning worker was starting", reason=reason)
+            if reason == "deadline":
                 raise JobStopped(
-                    f"deadline passed after waiting {now - started:.1f} s for a reasoning worker to start",
-                    reason="deadline",
+                    f"deadline passed after waiting {waited:.1f} s for a reasoning worker to start", reason=reason
                 )
         try:
             self.connection.recv()
@@ -238,18 +250,16 @@ class ReasoningPool:
         while True:
             if self._closed:
                 raise JobStopped("reasoning pool is closed", reason="closed")
-            if cancelled is not None and cancelled.is_set() and not _deadline_near(deadline):
-                raise JobStopped("job cancelled while waiting for a free reasoning worker", reason="cancelled")
-            wait = POLL_SECONDS
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or (cancelled is not None and cancelled.is_set()):
-                    raise JobStopped(
-                        f"deadline passed after waiting {time.monotonic() - started:.1f} s for a free reasoning"
-                        f" worker; all {self.workers} workers were busy",
-                        reason="deadline",
-                    )
-                wait = min(wait, remaining)
+            reason = _stop_reason(deadline, cancelled)
+            if reason == "cancelled":
+                raise JobStopped("job cancelled while waiting for a free reasoning worker", reason=reason)
+            if reason == "deadline":
+                raise JobStopped(
+                    f"deadline passed after waiting {time.monotonic() - started:.1f} s for a free reasoning"
+                    f" worker; all {self.workers} workers were busy",
+                    reason=reason,
+                )
+            wait = POLL_SECONDS if deadline is None else min(POLL_SECONDS, max(0.0, deadline - time.monotonic()))
             try:
                 worker = self._idle.get(timeout=wait)
             except queue.Empty:
