@@ -352,7 +352,8 @@ class ReasoningPool:
         try:
             worker.wait_ready(deadline, cancelled)
         except JobStopped:
-            self._release(worker, replace=False)  # still starting; the next job waits for it
+            # The worker is still starting, so it stays in the pool for the next job.
+            self._release(worker, replace=False)
             raise
         except ReasoningError:
             self._release(worker, replace=True, kill=True)

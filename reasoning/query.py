@@ -228,11 +228,11 @@ class _Perception:
 
 
 def _server_failure(address: str, error) -> Exception:
-    """Word a failed Extract call as one line that names the server.
+    """Return the exception for a failed Extract call, with one line that names the server.
 
-    The server rejects a bad image with INVALID_ARGUMENT, and answers RESOURCE_EXHAUSTED
-    when the image passes its pixel or message limit or the server has too many calls at
-    once: those fail that image alone, and a rerun may succeed. Any other status stops the run.
+    The server rejects a bad image with INVALID_ARGUMENT. It returns RESOURCE_EXHAUSTED
+    when the image is over its pixel or message limit or when it has too many calls at
+    once. Both fail that image alone, and a rerun may succeed. Any other status stops the run.
     """
     import grpc
 

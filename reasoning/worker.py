@@ -48,18 +48,18 @@ def _memory_message(job: Job) -> str:
 
 def serve(connection: Connection) -> None:
     """Serve jobs over `connection` until it closes or sends None."""
-    # A parent that exits or is killed closes the pipe: recv then raises EOFError, or
-    # ConnectionResetError when the parent left a reply unread, and send raises
-    # BrokenPipeError. The worker then has no one to answer and ends quietly.
-    gone = (EOFError, ConnectionResetError, BrokenPipeError)
+    # A parent that exits or is killed closes the pipe. recv then raises EOFError, or
+    # ConnectionResetError when the parent left a message unread, and send raises
+    # BrokenPipeError. No one can read a reply any more, so the worker exits with status 0.
+    pipe_closed = (EOFError, ConnectionResetError, BrokenPipeError)
     try:
         connection.send(("ready", os.getpid()))
-    except gone:
+    except pipe_closed:
         return
     while True:
         try:
             job = connection.recv()
-        except gone:
+        except pipe_closed:
             return
         if job is None:
             return
@@ -88,7 +88,7 @@ def serve(connection: Connection) -> None:
 
         try:
             connection.send(reply)
-        except gone:
+        except pipe_closed:
             return
         if stop:
             return

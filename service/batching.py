@@ -118,19 +118,19 @@ class MicroBatcher:
             deadline=deadline,
         )
         if inline and self.max_batch_delay == 0 and self._model.acquire(blocking=False):
-            ran = None
+            inline_run = None
             try:
                 if self._queue.empty():
                     with self._lock:
                         if self._closed:
                             raise BatcherClosed("the server is shutting down")
                     live = self._admit([pending])
-                    ran = (live, self._run_model(live) if live else None)
+                    inline_run = (live, self._run_model(live) if live else None)
             finally:
                 # Turning outputs into an extraction needs no model, so a batch may start meanwhile.
                 self._model.release()
-            if ran is not None:
-                live, outputs = ran
+            if inline_run is not None:
+                live, outputs = inline_run
                 if outputs is not None:
                     self._resolve(live, outputs)
                 return pending.future
@@ -220,7 +220,7 @@ class MicroBatcher:
             self._decoded.put((live, outputs))
 
     def _run_model(self, live: list[_Pending]) -> dict[str, np.ndarray] | None:
-        """Run one batch and count it; on failure, fail its requests and return None. The caller holds `_model`."""
+        """Run one batch and count it, or fail its requests and return None. The caller must have acquired `_model`."""
         try:
             outputs = self.extractor.run(np.stack([item.image for item in live]))  # [n, H, W, 3] in
         except Exception as error:

@@ -79,7 +79,7 @@ def test_inference_counts_encoder_flops(quick_results):
     assert measurements["sgemm_gflops"] > 0
 
 
-def test_batch_bound_adds_the_stage_cpu_times(quick_results):
+def test_batch_bound_sums_stage_cpu(quick_results):
     section = quick_results["batch"]
     measurements = section["measurements"]
     stages = [measurements[f"{stage}_cpu_ms_per_image"] for stage in ("decode", "model", "records")]

@@ -229,7 +229,7 @@ def test_query_cli_pixel_limit_is_one_line(variants):
 
 
 @pytest.mark.parametrize("where", ["in-process", "server"])
-def test_query_cli_goes_on_after_a_bad_image(where, variants, expected, scene, address, tmp_path):
+def test_query_continues_after_bad_image(where, variants, expected, scene, address, tmp_path):
     good = variants["plain.png"]
     text = tmp_path / "notes.png"
     text.write_text("a text file with an image suffix")
@@ -256,7 +256,7 @@ def test_query_cli_goes_on_after_a_bad_image(where, variants, expected, scene, a
     assert comments == [f"% image: {good} (75 x 75)", f"% error: {unreadable}", f"% error: {too_large}"]
 
 
-def test_file_errors_read_the_same_with_a_server(address, tmp_path, capsys):
+def test_file_errors_match_with_server(address, tmp_path, capsys):
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
     folder = tmp_path / "folder.png"

@@ -143,7 +143,8 @@ def test_benchmark_below_min_accuracy_exits_1(tmp_path):
     questions = json.loads((DEV_SET / "questions.json").read_text())
     first = questions["images"][0]["questions"][0]
     assert first["question"] == "is_top"
-    first["answer"] = "no" if first["answer"] == "yes" else "yes"  # one wrong answer key of 1,200
+    # One of the 1,200 expected answers is made wrong, so ground truth scores 1199 of 1200.
+    first["answer"] = "no" if first["answer"] == "yes" else "yes"
     (tmp_path / "questions.json").write_text(json.dumps(questions))
     for entry in questions["images"]:
         (tmp_path / entry["image"]).symlink_to(DEV_SET / entry["image"])

@@ -420,7 +420,7 @@ def test_killed_worker_fails_only_its_job():
         shared.close()
 
 
-def test_worker_ends_quietly_when_its_parent_goes(capfd):
+def test_worker_exits_when_parent_dies(capfd):
     import multiprocessing
 
     from reasoning.worker import serve
@@ -430,8 +430,8 @@ def test_worker_ends_quietly_when_its_parent_goes(capfd):
     worker = context.Process(target=serve, args=(child,), daemon=True)
     worker.start()
     child.close()
-    # Closing with the worker's ready message still unread resets the connection, as the
-    # kernel does for a parent killed by SIGKILL.
+    # Closing the parent's end with the ready message unread makes the kernel reset the
+    # connection, which is what workers saw when their server was killed with SIGKILL.
     assert parent.poll(30)
     parent.close()
     worker.join(30)
@@ -441,7 +441,8 @@ def test_worker_ends_quietly_when_its_parent_goes(capfd):
 
 
 def test_deadline_stops_wait_for_starting_worker():
-    # A spawned worker starts a fresh interpreter and imports clingo, which takes far longer than 20 ms.
+    # A spawned worker starts a fresh interpreter and imports clingo before it is ready,
+    # which is expected to take well over the 20 ms deadline (an estimate).
     with ReasoningPool(TEST_LIMITS, start_method="spawn") as shared:
         with pytest.raises(JobStopped, match="for a reasoning worker to start") as error:
             shared.solve(facts(), "a.", deadline=time.monotonic() + 0.02)

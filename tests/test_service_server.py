@@ -431,14 +431,14 @@ def test_concurrent_clients_get_own_results(extractor, pool):
     assert stats.largest_batch > 1
 
 
-def test_lone_request_runs_on_its_callers_thread(extractor):
+def test_lone_request_runs_inline(extractor):
     from service.batching import MicroBatcher
 
     image = scenes(1, seed=17)[0]
     batcher = MicroBatcher(extractor, max_batch_size=16, max_batch_delay_ms=0.0)
     try:
         future = batcher.submit(image, "lone", inline=True)
-        # Resolved before submit returned: nothing was running or waiting, so no thread handoff.
+        # The future is resolved before submit returns, because nothing was running or waiting.
         assert future.done()
         assert_same_objects(future.result(), extractor.extract([image])[0])
         stats = batcher.stats()
@@ -447,13 +447,13 @@ def test_lone_request_runs_on_its_callers_thread(extractor):
         batcher.close(5)
 
 
-def test_requests_arriving_while_the_model_runs_share_a_batch(extractor):
+def test_busy_model_queues_requests(extractor):
     from service.batching import MicroBatcher
 
     images = scenes(6, seed=18)
     batcher = MicroBatcher(extractor, max_batch_size=16, max_batch_delay_ms=0.0)
     try:
-        # Holding the model's lock stands for a batch in progress: new requests must queue.
+        # Holding the model's lock acts as a batch in progress, so new requests must queue.
         with batcher._model:
             futures = [batcher.submit(image, f"queued-{index}", inline=True) for index, image in enumerate(images)]
             assert not any(future.done() for future in futures)
@@ -467,7 +467,7 @@ def test_requests_arriving_while_the_model_runs_share_a_batch(extractor):
     assert stats.largest_batch > 1
 
 
-def test_images_submitted_in_a_row_share_batches_without_inline(extractor):
+def test_queued_submits_share_batches(extractor):
     from service.batching import MicroBatcher
 
     images = scenes(32, seed=19)
