@@ -120,3 +120,25 @@ def test_gpu_script_rejects_missing_cuda():
 def test_gpu_shell_script_syntax():
     result = subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu.sh")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_transport_script_times_each_server():
+    result = run_module("benchmarks.transport", "--calls", "20")
+
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["calls"] == 20
+    for key in ("grpc_threaded_p50_ms", "grpc_aio_p50_ms", "tcp_p50_ms"):
+        assert_positive_finite(key, summary[key])
+
+
+def test_batch_invariance_reports_only_confidences():
+    result = run_module("benchmarks.batch_invariance", "--images", "64")
+
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["images"] == 64
+    assert 0 <= summary["largest_probability_change"] < 1e-3
+    assert summary["images_with_different_facts"] == len(summary["differences"])
+    for difference in summary["differences"]:
+        assert all(fact.startswith("confidence(") for fact in difference["alone"] + difference["batched"])
